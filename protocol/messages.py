@@ -1,0 +1,186 @@
+"""One typed class per wire message between the router and its workers.
+
+Every message is a frozen dataclass. Its fields are plain msgpack types (int, float, str, bool, None, lists) or other
+message structs, so the codec can check each frame against these annotations. Nothing here imports torch or aiohttp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PROTOCOL_VERSION = 1
+
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+# ----------------------------------------------------------------------------- structs used inside messages
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Per-request sampling settings, already validated by the router."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class TopLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """The chosen token's logprob and the `top` most likely alternatives at that position."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: list[TopLogprob]
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceDelta:
+    """What one sequence (one choice of one request) produced in one engine step."""
+
+    request_id: str
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+    logprobs: list[TokenLogprob] | None = None
+    stop_reason: str | int | None = None
+
+
+# ----------------------------------------------------------------------------- router -> worker
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """Exactly one of `prompt`, `prompt_token_ids` and `messages` is set."""
+
+    request_id: str
+    sampling: SamplingParams
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    deadline: float | None = None  # unix time; the worker aborts the request past it
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    request_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """Stop taking new requests; finish the running ones."""
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Abort what is left, flush the last outputs, answer Goodbye, then exit."""
+
+
+# ----------------------------------------------------------------------------- worker -> router
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """Sent once, over the request DEALER, after the model is loaded and warmed up."""
+
+    worker_id: int
+    epoch: int
+    pid: int
+    device: str
+    model_name: str
+    context_length: int
+    kv_capacity_tokens: int
+    max_running: int
+    has_chat_template: bool
+    protocol_version: int = PROTOCOL_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StartupFailed:
+    """The worker cannot start: the message names the cause. The process exits non-zero right after."""
+
+    worker_id: int
+    epoch: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutputs:
+    """One frame per engine step, carrying every sequence that produced something in that step."""
+
+    worker_id: int
+    epoch: int
+    step: int
+    deltas: list[SequenceDelta]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestError:
+    """One request failed; every other request on the worker keeps going."""
+
+    worker_id: int
+    epoch: int
+    request_id: str
+    code: str  # an OpenAI-style error code, e.g. "context_length_exceeded"
+    message: str
+    status: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """Sent at least every heartbeat interval, and doubles as the heartbeat."""
+
+    worker_id: int
+    epoch: int
+    running: int
+    waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    last_step_ms: float
+    steps_done: int
+    bad_frames: int
+    prefix_cache_hit_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The answer to Shutdown: everything the worker will ever send has been sent."""
+
+    worker_id: int
+    epoch: int
+
+
+TO_WORKER = (GenerateRequest, Abort, Drain, Shutdown)
+TO_ROUTER = (Handshake, StartupFailed, StepOutputs, RequestError, WorkerStats, Goodbye)
