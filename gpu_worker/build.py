@@ -1,0 +1,51 @@
+"""Load the tokenizer and the model (or the simulated one) and put an Engine around them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpu_worker.config import WorkerConfig
+from gpu_worker.engine import Engine
+from gpu_worker.scheduler import SchedulerConfig
+from gpu_worker.sim_runner import SIM_CONTEXT_LENGTH, SimRunner
+from gpu_worker.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    engine: Engine
+    device: str
+    context_length: int
+    kv_capacity_tokens: int
+    has_chat_template: bool
+
+
+def build_engine(config: WorkerConfig) -> BuiltEngine:
+    tokenizer = Tokenizer.from_dir(config.model_dir)
+    sim_step_ms = config.sim_step_ms
+    if sim_step_ms is not None:
+        runner = SimRunner(sim_step_ms, tokenizer.vocab_size, block_size=config.block_size)
+        max_positions = SIM_CONTEXT_LENGTH
+        device = f"sim ({sim_step_ms:g} ms/step)"
+    else:
+        from gpu_worker.model_runner import TorchRunner  # torch is imported only for a real model
+
+        runner = TorchRunner(
+            config.model_dir,
+            device=config.device,
+            dtype=config.dtype,
+            block_size=config.block_size,
+            max_batched_tokens=config.max_batched_tokens,
+            max_running=config.max_running,
+            kv_cache_mb=config.kv_cache_mb,
+            threads=config.threads,
+        )
+        runner.warmup()
+        max_positions = runner.model_config.max_position_embeddings
+        device = config.device
+    kv_capacity = runner.num_kv_blocks * runner.block_size
+    # A lone sequence must always fit in the cache, or preemption could never make room for it.
+    context_length = min(max_positions, kv_capacity)
+    scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running))
+    engine = Engine(runner, tokenizer, scheduler_config, context_length)
+    return BuiltEngine(engine, device, context_length, kv_capacity, tokenizer.has_chat_template)
