@@ -1,0 +1,228 @@
+"""The torch model against transformers: prefill logits, greedy decoding, chunked prefill, config and loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpu_worker.batch import ScheduledChunk
+from gpu_worker.model import (CheckpointError, ModelConfig, ModelConfigError, UnsupportedModelError, build_metadata,
+                              load_model)
+from gpu_worker.model.rope import UnsupportedRopeError, rope_inv_freq
+from gpu_worker.model_runner import TorchRunner
+from protocol.messages import SamplingParams
+
+transformers = pytest.importorskip("transformers")
+
+BLOCK = 4
+SIZES = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             vocab_size=256, max_position_embeddings=256, initializer_range=0.2, bos_token_id=1, eos_token_id=2)
+VARIANTS = {
+    "llama": (transformers.LlamaConfig, {}, None),
+    "llama-sharded": (transformers.LlamaConfig, {"attention_bias": True}, "30KB"),
+    "llama3-rope": (transformers.LlamaConfig, {"rope_scaling": {"rope_type": "llama3", "factor": 8.0,
+                    "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}}, None),
+    "qwen2-tied": (transformers.Qwen2Config, {"tie_word_embeddings": True}, None),
+}
+PROMPTS = [[7], [1, 5, 9, 200, 3], list(range(10, 23)), [42] * 6 + list(range(100, 124)), [3, 4],
+           list(range(250, 200, -3)), [9, 8, 7, 6, 5, 4, 3, 2, 1], [128] * 3]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, torch.nn.Module]]:
+    out = {}
+    for name, (config_class, extra, shard) in VARIANTS.items():
+        torch.manual_seed(0)
+        reference = transformers.AutoModelForCausalLM.from_config(config_class(**SIZES, **extra)).eval()
+        path = tmp_path_factory.mktemp(name)
+        kwargs = {"max_shard_size": shard} if shard else {}
+        reference.save_pretrained(path, safe_serialization=True, **kwargs)
+        reference.generation_config.eos_token_id = None  # generate exactly max_new_tokens, like the runner here
+        reference.generation_config.pad_token_id = 0
+        out[name] = (path, reference)
+    return out
+
+
+def flat_prefill(prompts: list[list[int]], starts: list[int] | None = None, offset_blocks: int = 0):
+    """input ids, positions and metadata for prefilling `prompts` (from `starts`) into disjoint block ranges."""
+    starts = starts or [0] * len(prompts)
+    ids, positions, slots, tables, lengths = [], [], [], [], []
+    for i, (prompt, start) in enumerate(zip(prompts, starts)):
+        table = list(range(offset_blocks + 16 * i, offset_blocks + 16 * (i + 1)))
+        new = prompt[start:]
+        ids += new
+        positions += range(start, len(prompt))
+        slots += [table[p // BLOCK] * BLOCK + p % BLOCK for p in range(start, len(prompt))]
+        tables.append(table)
+        lengths.append(len(new))
+    meta = build_metadata(slots, [], [], tables, starts, lengths, BLOCK, torch.device("cpu"))
+    return torch.tensor(ids), torch.tensor(positions), meta
+
+
+def empty_cache(config: ModelConfig, blocks: int = 256):
+    shape = (blocks * BLOCK, config.num_kv_heads, config.head_dim)
+    return [(torch.zeros(shape), torch.zeros(shape)) for _ in range(config.num_layers)]
+
+
+def reference_logits(reference, prompt: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return reference(torch.tensor([prompt])).logits[0].float()  # [len, vocab]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_varlen_prefill_logits_match_transformers(checkpoints, variant):
+    path, reference = checkpoints[variant]
+    config = ModelConfig.from_dir(path)
+    model = load_model(path, config, torch.device("cpu"), torch.float32, 256)
+    prompts = PROMPTS[:5]
+    ids, positions, meta = flat_prefill(prompts)
+    with torch.inference_mode():
+        logits = model.compute_logits(model(ids, positions, meta, empty_cache(config)))  # [T, vocab]
+    row = 0
+    for prompt in prompts:
+        expected = reference_logits(reference, prompt)
+        assert expected.abs().max() > 0.5  # large enough that a wrong model could not pass by being near zero
+        torch.testing.assert_close(logits[row:row + len(prompt)], expected, atol=1e-4, rtol=1e-4)
+        row += len(prompt)
+
+
+@pytest.mark.parametrize("variant", ["llama", "qwen2-tied"])
+def test_batched_greedy_decode_matches_generate(checkpoints, variant):
+    path, reference = checkpoints[variant]
+    runner = TorchRunner(path, dtype="float32", block_size=BLOCK, num_kv_blocks=8 * 16)
+    new_tokens = 10
+    expected = []
+    for prompt in PROMPTS:
+        out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=new_tokens, do_sample=False)
+        expected.append(out[0, len(prompt):].tolist())
+    greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens)
+    tables = [list(range(16 * i, 16 * (i + 1))) for i in range(len(PROMPTS))]
+    outputs: list[list[int]] = [[] for _ in PROMPTS]
+    chunks = [ScheduledChunk(i, p, 0, tables[i], True, greedy) for i, p in enumerate(PROMPTS)]
+    for _ in range(new_tokens):
+        for i, token in enumerate(runner.run(chunks)):
+            outputs[i].append(token.token_id)
+        chunks = [ScheduledChunk(i, [out[-1]], len(PROMPTS[i]) + len(out) - 1, tables[i], True, greedy,
+                                 output_token_ids=tuple(out)) for i, out in enumerate(outputs)]
+    assert outputs == expected
+
+
+def test_chunked_prefill_mixed_with_decode_gives_the_same_logits(checkpoints):
+    path, reference = checkpoints["llama"]
+    config = ModelConfig.from_dir(path)
+    model = load_model(path, config, torch.device("cpu"), torch.float32, 256)
+    cache = empty_cache(config)
+    long_prompt, other = PROMPTS[3], PROMPTS[1]
+    split = 11  # not a block boundary
+    with torch.inference_mode():
+        ids, positions, meta = flat_prefill([long_prompt[:split], other])
+        first = model.compute_logits(model(ids, positions, meta, cache))
+        # Step two: the rest of the long prompt (after its cached prefix) and one decode step of the other sequence.
+        next_token = int(first[-1].argmax())
+        other_table = list(range(16, 32))
+        pos = len(other)
+        slots = [other_table[pos // BLOCK] * BLOCK + pos % BLOCK]
+        slots += [p // BLOCK * BLOCK + p % BLOCK for p in range(split, len(long_prompt))]  # blocks 0..15
+        meta = build_metadata(slots, [other_table], [pos + 1], [list(range(16))], [split],
+                              [len(long_prompt) - split], BLOCK, torch.device("cpu"))
+        ids = torch.tensor([next_token] + long_prompt[split:])
+        positions = torch.tensor([pos] + list(range(split, len(long_prompt))))
+        second = model.compute_logits(model(ids, positions, meta, cache))
+    expected = reference_logits(reference, long_prompt)
+    torch.testing.assert_close(first[:split], expected[:split], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second[1:], expected[split:], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(second[0], reference_logits(reference, other + [next_token])[-1], atol=1e-4, rtol=1e-4)
+
+
+def test_runner_sizes_the_kv_cache_from_a_budget(checkpoints):
+    path, _ = checkpoints["llama"]
+    runner = TorchRunner(path, dtype="float32", block_size=16, kv_cache_mb=1)
+    bytes_per_block = 2 * 2 * 16 * 2 * 16 * 4  # K and V, layers, block, kv heads, head dim, float32
+    assert runner.num_kv_blocks == 2**20 // bytes_per_block
+    assert runner.kv_cache[0][0].shape == (runner.num_kv_blocks * 16, 2, 16)
+    runner.warmup()
+    with pytest.raises(ValueError, match="outside the context"):
+        runner.run([ScheduledChunk(0, [1], 256, [0] * 17, True, SamplingParams(temperature=0.0))])
+
+
+def write_config(path: Path, **changes) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    raw = {"architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 4096, "eos_token_id": [2, 3]}
+    raw.update(changes)
+    (path / "config.json").write_text(json.dumps(raw))
+    return path
+
+
+def test_rope_settings_round_trip_in_both_transformers_spellings(tmp_path):
+    llama3 = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 2048}
+    v4 = ModelConfig.from_dir(write_config(tmp_path / "v4", rope_theta=500000.0,
+                                           rope_scaling={"rope_type": "llama3", **llama3}))
+    v5 = ModelConfig.from_dir(write_config(tmp_path / "v5", rope_parameters={"rope_type": "llama3",
+                                           "rope_theta": 500000.0, **llama3}))
+    plain = ModelConfig.from_dir(write_config(tmp_path / "plain", rope_parameters={"rope_type": "default",
+                                              "rope_theta": 1e6}))
+    assert v4 == v5.__class__(**{**{f: getattr(v5, f) for f in v5.__dataclass_fields__}, "name": v4.name})
+    assert v4.rope_theta == 500000.0 and v4.rope_scaling == {"rope_type": "llama3", **llama3}
+    assert v4.eos_token_ids == (2, 3) and v4.head_dim == 16
+    assert plain.rope_scaling is None and plain.rope_theta == 1e6
+
+
+@pytest.mark.parametrize("scaling", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 512},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+])
+def test_rope_frequencies_match_transformers(scaling):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf_config = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, max_position_embeddings=4096,
+                                         rope_parameters={"rope_theta": 10000.0, **scaling})
+    expected, expected_scale = ROPE_INIT_FUNCTIONS[scaling["rope_type"]](hf_config, torch.device("cpu"))
+    inv_freq, scale = rope_inv_freq(128, 10000.0, scaling, 4096)
+    torch.testing.assert_close(inv_freq, expected.float())
+    assert scale == pytest.approx(expected_scale)
+    with pytest.raises(UnsupportedRopeError, match="longrope"):
+        rope_inv_freq(128, 10000.0, {"rope_type": "longrope"}, 4096)
+
+
+def test_config_errors_name_the_cause(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel.*LlamaForCausalLM"):
+        ModelConfig.from_dir(write_config(tmp_path / "gpt2", architectures=["GPT2LMHeadModel"]))
+    with pytest.raises(ModelConfigError, match="config.json"):
+        ModelConfig.from_dir(tmp_path / "nowhere")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(ModelConfigError, match="bad/config.json"):
+        ModelConfig.from_dir(tmp_path / "bad")
+    with pytest.raises(ModelConfigError, match="multiple of num_kv_heads"):
+        ModelConfig.from_dir(write_config(tmp_path / "gqa", num_key_value_heads=3))
+    mistral = ModelConfig.from_dir(write_config(tmp_path / "mistral", architectures=["MistralForCausalLM"],
+                                                sliding_window=1024))
+    assert mistral.context_length == 1024 and mistral.max_position_embeddings == 4096
+
+
+def test_loader_rejects_missing_and_misshapen_tensors(checkpoints, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = checkpoints["llama"]
+    tensors = load_file(path / "model.safetensors")
+    config = ModelConfig.from_dir(path)
+    broken = tmp_path / "missing"
+    broken.mkdir()
+    (broken / "config.json").write_text((path / "config.json").read_text())
+    save_file({k: v for k, v in tensors.items() if "layers.1.self_attn.k_proj" not in k}, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"layers\.1\.self_attn\.qkv_proj\.weight \(k\)"):
+        load_model(broken, config, torch.device("cpu"), torch.float32, 64)
+    tensors["model.layers.0.mlp.up_proj.weight"] = torch.zeros(64, 64)
+    save_file(tensors, broken / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"up_proj.weight.*\(64, 64\).*\(128, 64\)"):
+        load_model(broken, config, torch.device("cpu"), torch.float32, 64)
+    with pytest.raises(CheckpointError, match="no \\*.safetensors"):
+        load_model(tmp_path / "nothing", config, torch.device("cpu"), torch.float32, 64)
