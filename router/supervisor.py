@@ -86,6 +86,7 @@ class Supervisor:
         slot.spawned_at = time.monotonic()
         slot.process = await asyncio.create_subprocess_exec(
             *self._command(slot), stdin=asyncio.subprocess.DEVNULL, env=self._environment(),
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the router only, which stops the workers in order
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         log.info("worker %d (%s) spawned: pid %d, epoch %d", slot.worker_id, slot.device, slot.process.pid, slot.epoch)
@@ -237,19 +238,21 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     slot.process.terminate()
             slot.state = WorkerState.STOPPING
-        waiting = [s.goodbye.wait() for s in live if s.handshake is not None]
-        if waiting:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(GOODBYE_TIMEOUT_S):
-                    await asyncio.gather(*waiting)
-        for slot in live:
-            await self._reap_or_kill(slot)
+        await asyncio.gather(*(self._goodbye_then_reap(slot) for slot in live))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _reap_or_kill(self, slot: WorkerSlot) -> None:
+    async def _goodbye_then_reap(self, slot: WorkerSlot) -> None:
         process = slot.process
+        if slot.handshake is not None:
+            goodbye = asyncio.ensure_future(slot.goodbye.wait())
+            exited = asyncio.ensure_future(process.wait())
+            await asyncio.wait([goodbye, exited], timeout=GOODBYE_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            goodbye.cancel()
+            exited.cancel()
+            if not slot.goodbye.is_set():
+                log.warning("worker %d sent no Goodbye", slot.worker_id)
         try:
             async with asyncio.timeout(EXIT_TIMEOUT_S):
                 await process.wait()
