@@ -22,20 +22,26 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V is written
     num_decode_tokens: int  # the first num_decode_tokens tokens are decodes, one per sequence
-    decode_slots: torch.Tensor | None  # [B, Ld] int64: context slots of each decode sequence, padded with 0
-    decode_mask: torch.Tensor | None  # [B, 1, 1, Ld] bool: True where a key is in that sequence's context
+    block_size: int
+    decode_block_tables: torch.Tensor | None  # [B, blocks] int64: each decode sequence's blocks, padded with 0
+    decode_mask: torch.Tensor | None  # [B, 1, 1, Ld] bool, Ld = blocks * block_size: True where a key is context
     prefill_q_index: torch.Tensor | None  # [Tp] int64: row of each prefill token in the padded [P * Qmax] queries
-    prefill_slots: torch.Tensor | None  # [P, Lp] int64: context slots of each prefill sequence, padded with 0
+    prefill_block_tables: torch.Tensor | None  # [P, blocks] int64: each prefill sequence's blocks, padded with 0
     prefill_mask: torch.Tensor | None  # [P, 1, Qmax, Lp] bool: causal, offset by the cached prefix
     num_prefill_seqs: int = 0
     prefill_max_q: int = 0
 
 
-def context_slots(block_tables: torch.Tensor, block_size: int, max_len: int) -> torch.Tensor:
-    """block_tables [S, blocks] -> the slots of positions 0 .. max_len - 1 of each sequence [S, max_len]."""
-    offsets = torch.arange(block_size, device=block_tables.device)
-    slots = block_tables.unsqueeze(-1) * block_size + offsets  # [S, blocks, block_size]
-    return slots.flatten(1)[:, :max_len]
+def gather_context(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
+    """cache [slots, kv_heads, dim], block_tables [S, blocks] -> [S, kv_heads, blocks * block_size, dim].
+
+    Whole blocks are gathered as the rows of one index_select: several times faster than indexing slot by slot.
+    """
+    seqs, blocks = block_tables.shape
+    kv_heads, dim = cache.shape[1], cache.shape[2]
+    by_block = cache.view(-1, block_size * kv_heads * dim)  # [num_blocks, block_size * kv_heads * dim]
+    context = by_block.index_select(0, block_tables.flatten())
+    return context.view(seqs, blocks * block_size, kv_heads, dim).transpose(1, 2)
 
 
 def build_metadata(
@@ -56,37 +62,41 @@ def build_metadata(
             return host.pin_memory().to(device, non_blocking=True)
         return host.to(device)
 
-    decode_slots = decode_mask = None
+    decode_tables = decode_mask = None
     if decode_context_lens:
-        max_len = max(decode_context_lens)
-        decode_slots = context_slots(to_device(_pad(decode_block_tables)), block_size, max_len)
-        keys = torch.arange(max_len, device=device)
+        padded = _pad(decode_block_tables, decode_context_lens, block_size)
+        decode_tables = to_device(padded)
+        keys = torch.arange(len(padded[0]) * block_size, device=device)
         decode_mask = (keys < to_device(decode_context_lens).unsqueeze(1))[:, None, None, :]
-    prefill_q_index = prefill_slots = prefill_mask = None
+    prefill_q_index = prefill_tables = prefill_mask = None
     max_q = max(prefill_query_lens, default=0)
     if prefill_query_lens:
-        max_len = max(s + q for s, q in zip(prefill_start_pos, prefill_query_lens))
-        prefill_slots = context_slots(to_device(_pad(prefill_block_tables)), block_size, max_len)
+        ends = [s + q for s, q in zip(prefill_start_pos, prefill_query_lens)]
+        padded = _pad(prefill_block_tables, ends, block_size)
+        prefill_tables = to_device(padded)
         prefill_q_index = to_device([row * max_q + i for row, q in enumerate(prefill_query_lens) for i in range(q)])
         query_pos = to_device(prefill_start_pos)[:, None] + torch.arange(max_q, device=device)  # [P, Qmax]
-        keys = torch.arange(max_len, device=device)
+        keys = torch.arange(len(padded[0]) * block_size, device=device)
         prefill_mask = (keys <= query_pos.unsqueeze(-1)).unsqueeze(1)  # [P, 1, Qmax, Lp]
     return AttentionMetadata(
         slot_mapping=to_device(slot_mapping),
+        block_size=block_size,
         num_decode_tokens=len(decode_context_lens),
-        decode_slots=decode_slots,
+        decode_block_tables=decode_tables,
         decode_mask=decode_mask,
         prefill_q_index=prefill_q_index,
-        prefill_slots=prefill_slots,
+        prefill_block_tables=prefill_tables,
         prefill_mask=prefill_mask,
         num_prefill_seqs=len(prefill_query_lens),
         prefill_max_q=max_q,
     )
 
 
-def _pad(tables: list[list[int]]) -> list[list[int]]:
-    width = max(len(t) for t in tables)
-    return [t + [0] * (width - len(t)) for t in tables]
+def _pad(tables: list[list[int]], lengths: list[int], block_size: int) -> list[list[int]]:
+    """Each table cut to the blocks its context uses, then padded with block 0 to the longest."""
+    used = [-(-n // block_size) for n in lengths]
+    width = max(used)
+    return [table[:n] + [0] * (width - n) for table, n in zip(tables, used)]
 
 
 def paged_attention(
@@ -112,11 +122,11 @@ def paged_attention(
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:
     """q [B, heads, dim], one query per sequence -> [B, heads, dim]."""
-    assert meta.decode_slots is not None and meta.decode_mask is not None
+    assert meta.decode_block_tables is not None and meta.decode_mask is not None
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[1]
-    keys = k_cache[meta.decode_slots].transpose(1, 2)  # [B, kv_heads, Ld, dim]
-    values = v_cache[meta.decode_slots].transpose(1, 2)
+    keys = gather_context(k_cache, meta.decode_block_tables, meta.block_size)  # [B, kv_heads, Ld, dim]
+    values = gather_context(v_cache, meta.decode_block_tables, meta.block_size)
     # The query heads sharing a kv head become that head's query rows, so K/V are never expanded.
     grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, kv_heads, group, dim]
     out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=meta.decode_mask, scale=scale)
@@ -126,7 +136,7 @@ def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta:
 def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
              scale: float) -> torch.Tensor:
     """q [Tp, heads, dim] of every prefill chunk -> [Tp, heads, dim], padded to [P, Qmax] for one SDPA call."""
-    assert meta.prefill_slots is not None and meta.prefill_mask is not None and meta.prefill_q_index is not None
+    assert meta.prefill_block_tables is not None and meta.prefill_mask is not None and meta.prefill_q_index is not None
     tokens, heads, dim = q.shape
     seqs, max_q = meta.num_prefill_seqs, meta.prefill_max_q
     if seqs == 1:
@@ -135,8 +145,8 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
         padded = q.new_zeros(seqs * max_q, heads, dim)
         padded.index_copy_(0, meta.prefill_q_index, q)
         padded = padded.view(seqs, max_q, heads, dim)
-    keys = k_cache[meta.prefill_slots].transpose(1, 2)  # [P, kv_heads, Lp, dim]
-    values = v_cache[meta.prefill_slots].transpose(1, 2)
+    keys = gather_context(k_cache, meta.prefill_block_tables, meta.block_size)  # [P, kv_heads, Lp, dim]
+    values = gather_context(v_cache, meta.prefill_block_tables, meta.block_size)
     out = F.scaled_dot_product_attention(
         padded.transpose(1, 2), keys, values, attn_mask=meta.prefill_mask, scale=scale,
         enable_gqa=keys.shape[1] != heads,
