@@ -44,8 +44,6 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
         max_positions = runner.model_config.max_position_embeddings
         device = config.device
     kv_capacity = runner.num_kv_blocks * runner.block_size
-    # A lone sequence must always fit in the cache, or preemption could never make room for it.
-    context_length = min(max_positions, kv_capacity)
     scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running))
-    engine = Engine(runner, tokenizer, scheduler_config, context_length)
-    return BuiltEngine(engine, device, context_length, kv_capacity, tokenizer.has_chat_template)
+    engine = Engine(runner, tokenizer, scheduler_config, max_positions)
+    return BuiltEngine(engine, device, engine.context_length, kv_capacity, tokenizer.has_chat_template)

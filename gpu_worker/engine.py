@@ -50,7 +50,8 @@ class Engine:
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
-        self.context_length = context_length
+        # A lone sequence must always fit in the cache, or preemption could never make room for it.
+        self.context_length = min(context_length, runner.num_kv_blocks * runner.block_size)
         self.blocks = BlockManager(runner.num_kv_blocks, runner.block_size)
         self.scheduler = Scheduler(scheduler_config, self.blocks)
         self.clock = clock
