@@ -35,7 +35,7 @@ def sim_engine(tokenizer, **kwargs) -> Engine:
 
 def torch_engine(tokenizer, num_kv_blocks=2048, block_size=16, max_running=256, max_batched_tokens=2048) -> Engine:
     runner = TorchRunner(
-        BUILTIN_MODEL_DIR, dtype="float32", block_size=block_size, num_kv_blocks=num_kv_blocks, threads=2,
+        BUILTIN_MODEL_DIR, dtype="float32", block_size=block_size, num_kv_blocks=num_kv_blocks, threads=1,
         max_running=max_running, max_batched_tokens=max_batched_tokens,
     )
     return Engine(runner, tokenizer, SchedulerConfig(max_running, max_batched_tokens), 2048)
