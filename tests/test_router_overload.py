@@ -1,0 +1,50 @@
+"""Backpressure: past --max-queue, requests get 503 with Retry-After at once; the admitted ones complete."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from tests.conftest import metric_values
+
+BURST = 40
+RUNNING, QUEUE = 2, 3
+
+
+async def test_burst_gets_only_200_or_503_with_retry_after(start_router):
+    router = start_router("--model", "sim:20", "--devices", "cpu", "--max-running-per-worker", str(RUNNING),
+                          "--max-queue", str(QUEUE))
+    body = {"model": router.model, "prompt": "burst", "max_tokens": 10}
+
+    async def one(session: aiohttp.ClientSession, stream: bool) -> tuple[int, float, str | None, dict]:
+        started = time.monotonic()
+        async with session.post(router.url + "/v1/completions", json={**body, "stream": stream}) as response:
+            if response.status == 200 and stream:
+                text = await response.text()
+                assert text.endswith("data: [DONE]\n\n")
+                payload = {}
+            else:
+                payload = await response.json()
+            return response.status, time.monotonic() - started, response.headers.get("Retry-After"), payload
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(*(one(session, stream=i % 2 == 1) for i in range(BURST)))
+        async with session.get(router.url + "/metrics") as response:
+            metrics = await response.text()
+
+    statuses = [status for status, *_ in results]
+    assert set(statuses) <= {200, 503}, statuses
+    ok, rejected = statuses.count(200), statuses.count(503)
+    assert ok >= RUNNING + QUEUE and rejected >= 1, statuses
+    last_success = max(elapsed for status, elapsed, *_ in results if status == 200)
+    for status, elapsed, retry_after, payload in results:
+        if status == 503:
+            assert retry_after is not None and int(retry_after) >= 1
+            assert payload["error"]["code"] == "overloaded"
+            assert elapsed < last_success, "a rejection is answered at once, not after waiting in the queue"
+        elif payload:
+            assert payload["usage"]["completion_tokens"] == 10
+    counted = metric_values(metrics, "gpupool_requests_total")
+    assert counted == {'{outcome="success",status="200"}': ok, '{outcome="rejected",status="503"}': rejected}
