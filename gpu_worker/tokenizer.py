@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,12 @@ def _ids(value: Any) -> list[int]:
 class Tokenizer:
     """Encode, decode and chat-render for one model. Build it with `Tokenizer.from_dir(model_dir)`."""
 
-    backend: HFTokenizer
+    backend: HFTokenizer = field(repr=False)
     special_tokens: dict[str, str]  # bos_token, eos_token, ... as the chat template sees them
     eos_token_ids: tuple[int, ...]
-    chat_template: ChatTemplate | None
+    chat_template: ChatTemplate | None = field(repr=False)
+    special_token_ids: frozenset[int] = field(repr=False)  # what decode(skip_special_tokens=True) drops
+    byte_fallback_ids: frozenset[int] = field(repr=False)  # <0x00>..<0xFF> of a byte-fallback BPE, else empty
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Tokenizer:
@@ -81,7 +83,12 @@ class Tokenizer:
         eos_ids += _ids(_read_json(model_dir / "config.json").get("eos_token_id"))
         if "eos_token" in special_tokens and (eos_id := backend.token_to_id(special_tokens["eos_token"])) is not None:
             eos_ids.append(eos_id)
-        return cls(backend, special_tokens, tuple(dict.fromkeys(eos_ids)), template)
+        special_ids = frozenset(i for i, added in backend.get_added_tokens_decoder().items() if added.special)
+        byte_ids: frozenset[int] = frozenset()
+        if getattr(backend.model, "byte_fallback", False):
+            found = (backend.token_to_id(f"<0x{b:02X}>") for b in range(256))
+            byte_ids = frozenset(token_id for token_id in found if token_id is not None)
+        return cls(backend, special_tokens, tuple(dict.fromkeys(eos_ids)), template, special_ids, byte_ids)
 
     @property
     def vocab_size(self) -> int:
