@@ -138,6 +138,21 @@ def test_chunked_prefill_mixed_with_decode_gives_the_same_logits(checkpoints):
     torch.testing.assert_close(second[0], reference_logits(reference, other + [next_token])[-1], atol=1e-4, rtol=1e-4)
 
 
+def test_bfloat16_runs_close_to_float32(checkpoints):
+    path, reference = checkpoints["llama"]
+    config = ModelConfig.from_dir(path)
+    model = load_model(path, config, torch.device("cpu"), torch.bfloat16, 256)
+    shape = (256 * BLOCK, config.num_kv_heads, config.head_dim)
+    cache = [(torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16))
+             for _ in range(config.num_layers)]
+    ids, positions, meta = flat_prefill(PROMPTS[2:4])
+    with torch.inference_mode():
+        logits = model.compute_logits(model(ids, positions, meta, cache))
+    expected = torch.cat([reference_logits(reference, p) for p in PROMPTS[2:4]])
+    assert logits.dtype == torch.float32
+    assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+
+
 def test_runner_sizes_the_kv_cache_from_a_budget(checkpoints):
     path, _ = checkpoints["llama"]
     runner = TorchRunner(path, dtype="float32", block_size=16, kv_cache_mb=1)
