@@ -37,6 +37,7 @@ async def workers_and_sockets(app: web.Application) -> AsyncIterator[None]:
     state = app[ROUTER]
     run_dir = RunDirectory()
     addresses = run_dir.addresses()
+    log.info("run dir %s", run_dir.path)
     ctx = zmq.asyncio.Context()
     requests = make_socket(ctx, zmq.ROUTER, bind=addresses.requests, router_mandatory=True)
     outputs = make_socket(ctx, zmq.PULL, bind=addresses.outputs)

@@ -1,0 +1,82 @@
+"""A worker killed (or frozen) mid-stream: its streams end with an error at once, queued requests still complete,
+and the worker is restarted and serves again."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+
+import aiohttp
+
+from tests.conftest import metric_values, wait_until
+
+PER_WORKER = 4
+
+
+async def stream_outcome(session: aiohttp.ClientSession, url: str, body: dict, started: asyncio.Queue) -> str:
+    """'done' if the stream ended with [DONE] after its tokens, else the error code of its error chunk."""
+    async with session.post(url + "/v1/completions", json={**body, "stream": True}) as response:
+        assert response.status == 200
+        await started.put(None)
+        error = None
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                error = chunk["error"]["code"] if "error" in chunk else error
+            elif line == b"data: [DONE]\n":
+                return error or "done"
+    return "cut off without [DONE]"
+
+
+async def ready_workers(session: aiohttp.ClientSession, url: str) -> list[dict]:
+    async with session.get(url + "/ready") as response:
+        return (await response.json())["workers"]
+
+
+async def run_fault(start_router, fault: int, *extra: str) -> None:
+    router = start_router("--model", "sim:20", "--devices", "cpu,cpu", "--max-running-per-worker", str(PER_WORKER),
+                          *extra)
+    body = {"model": router.model, "prompt": "a story", "max_tokens": 150}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        started: asyncio.Queue = asyncio.Queue()
+        streams = [asyncio.create_task(stream_outcome(session, router.url, body, started))
+                   for _ in range(2 * PER_WORKER)]
+        for _ in streams:
+            await asyncio.wait_for(started.get(), 30)
+        queued = [asyncio.create_task(session.post(router.url + "/v1/completions", json={**body, "max_tokens": 5}))
+                  for _ in range(3)]
+
+        workers = await ready_workers(session, router.url)
+        victim = workers[0]
+        assert [w["outstanding"] for w in workers] == [PER_WORKER, PER_WORKER]
+        os.kill(victim["pid"], fault)
+
+        outcomes = await asyncio.wait_for(asyncio.gather(*streams), 30)
+        assert sorted(outcomes) == ["done"] * PER_WORKER + ["worker_failed"] * PER_WORKER, outcomes
+        for response in await asyncio.wait_for(asyncio.gather(*queued), 30):
+            assert response.status == 200
+            assert (await response.json())["usage"]["completion_tokens"] == 5
+            response.release()
+
+        async def restarted() -> bool:
+            w = (await ready_workers(session, router.url))[0]
+            return w["state"] == "ready" and w["epoch"] == 1 and w["pid"] != victim["pid"]
+
+        await wait_until(restarted, 30, "the worker to come back")
+        await asyncio.gather(*(session.post(router.url + "/v1/completions", json={**body, "max_tokens": 5})
+                               for _ in range(2 * PER_WORKER)))
+        async with session.get(router.url + "/metrics") as response:
+            metrics = await response.text()
+        assert metric_values(metrics, "gpupool_worker_restarts_total") == {"": 1.0}
+        assert metric_values(metrics, "gpupool_worker_up") == {'{worker="0"}': 1.0, '{worker="1"}': 1.0}
+        assert metric_values(metrics, "gpupool_worker_steps_done")['{worker="0"}'] > 0, "the new worker served"
+
+
+async def test_kill_9_a_worker_mid_stream(start_router):
+    await run_fault(start_router, signal.SIGKILL)
+
+
+async def test_a_frozen_worker_is_killed_by_the_heartbeat_watchdog(start_router):
+    await run_fault(start_router, signal.SIGSTOP, "--heartbeat-timeout", "1.5")
