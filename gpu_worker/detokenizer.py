@@ -7,7 +7,8 @@ its prefix up to the first stop string. Each push decodes only a short window of
   leading-space strip, hit the old and the new window alike), never at a dropped special token;
 * text ending in U+FFFD waits: it may be a UTF-8 character whose remaining bytes are in the next tokens;
 * a trailing run of byte-fallback tokens (<0xE6><0x97>...) waits until the run ends, since the ByteFallback decoder
-  turns a whole run into U+FFFDs when any byte of it is invalid.
+  turns a whole run into U+FFFDs when any byte of it is invalid;
+* with a byte-level decoder (concatenative), the next window's start text is the new text itself: one decode a push.
 
 Text that might be the start of a stop string is then held back (the longest stop's length - 1 characters) until it
 is known not to be one, unless the stop string is to be included in the output anyway.
@@ -34,12 +35,13 @@ _NOTHING = DetokenizerUpdate("")
 class IncrementalDetokenizer:
     """Feed it output token ids as they are sampled; it hands back the text that is safe to send so far."""
 
-    __slots__ = ("_decode", "_skip_special", "_dropped_ids", "_byte_ids", "_ids", "_prefix", "_read", "_prefix_text",
+    __slots__ = ("_decode", "_concatenative", "_skip_special", "_dropped_ids", "_byte_ids", "_ids", "_prefix", "_read", "_prefix_text",
                  "_decoded_len", "_stops", "_include_stop", "_hold", "_held", "_tail_len", "_tail", "_stopped")
 
     def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True, stop: list[str] | tuple[str, ...] = (),
                  include_stop_str_in_output: bool = False) -> None:
         self._decode = tokenizer.backend.decode
+        self._concatenative = tokenizer.decode_is_concatenative
         self._skip_special = skip_special_tokens
         self._dropped_ids = tokenizer.special_token_ids if skip_special_tokens else frozenset()
         self._byte_ids = tokenizer.byte_fallback_ids
@@ -98,14 +100,18 @@ class IncrementalDetokenizer:
         text = self._decode(ids[self._prefix : end], skip_special_tokens=self._skip_special)
         if text.endswith(REPLACEMENT_CHAR) or len(text) <= len(self._prefix_text):
             return ""
-        if text.startswith(self._prefix_text):
+        consistent = text.startswith(self._prefix_text)
+        if consistent:
             new_text = text[len(self._prefix_text) :]
         else:  # a decoder this window logic does not model: fall back to the full decode, once
             new_text = self._decode(ids[:end], skip_special_tokens=self._skip_special)[self._decoded_len :]
-        if ids[self._read] not in self._dropped_ids:
-            self._prefix = self._read
+        if self._concatenative and consistent:
+            self._prefix, self._prefix_text = self._read, new_text  # saves decoding the next window's start
+        else:
+            if ids[self._read] not in self._dropped_ids:
+                self._prefix = self._read
+            self._prefix_text = self._decode(ids[self._prefix : end], skip_special_tokens=self._skip_special)
         self._read = end
-        self._prefix_text = self._decode(ids[self._prefix : end], skip_special_tokens=self._skip_special)
         self._decoded_len += len(new_text)
         return new_text
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders
 
 from gpu_worker.chat_template import ChatTemplate, NoChatTemplateError, pick_template
 
@@ -60,6 +61,11 @@ class Tokenizer:
     chat_template: ChatTemplate | None = field(repr=False)
     special_token_ids: frozenset[int] = field(repr=False)  # what decode(skip_special_tokens=True) drops
     byte_fallback_ids: frozenset[int] = field(repr=False)  # <0x00>..<0xFF> of a byte-fallback BPE, else empty
+
+    @property
+    def decode_is_concatenative(self) -> bool:
+        """A byte-level decoder: decode(a + b) == decode(a) + decode(b) whenever decode(a) ends a whole character."""
+        return isinstance(self.backend.decoder, decoders.ByteLevel)
 
     @classmethod
     def from_dir(cls, model_dir: str | Path) -> Tokenizer:
