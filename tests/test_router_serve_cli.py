@@ -1,0 +1,62 @@
+"""`gpupool serve` as users run it: the README's command answers real HTTP; a worker that cannot start makes the
+router exit non-zero with that worker's own message; bad flags are refused before anything starts."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+
+import aiohttp
+
+from tests.conftest import REPO
+
+DEFAULT_COMMAND = "gpupool serve --model builtin --devices cpu"
+CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; from router.cli import main; sys.exit(main())"]
+
+
+def readme_serve_command() -> list[str]:
+    """The first `gpupool serve ...` line of the README (the default one while the README has none)."""
+    readme = REPO / "README.md"
+    text = readme.read_text() if readme.exists() else ""
+    match = re.search(r"(?:^|&&|\$)\s*(gpupool serve(?:[ \t][^\n]*)?)$", text, re.MULTILINE)
+    words = shlex.split((match.group(1) if match else DEFAULT_COMMAND).rstrip("\\ "))
+    if "--port" in words:  # the test picks a free port
+        at = words.index("--port")
+        del words[at:at + 2]
+    installed = shutil.which("gpupool")
+    return ([installed] if installed else CONSOLE_SCRIPT) + words[1:]
+
+
+async def test_the_readme_serve_command_answers_http(start_router):
+    command = readme_serve_command()
+    router = start_router(command=command)
+    async with aiohttp.ClientSession() as session:
+        async with session.get(router.url + "/v1/models") as response:
+            assert response.status == 200
+            assert (await response.json())["data"][0]["id"] == router.model
+        body = {"model": router.model, "prompt": "Hello", "max_tokens": 4}
+        async with session.post(router.url + "/v1/completions", json=body) as response:
+            assert response.status == 200
+            assert (await response.json())["usage"]["completion_tokens"] == 4
+    router.signal(signal.SIGINT)
+    assert router.wait_exit(60) == 0
+
+
+async def test_a_worker_that_cannot_start_fails_the_router_with_its_message(start_router):
+    router = start_router("--model", "/nonexistent/model-dir", "--devices", "cpu", wait=False)
+    assert router.wait_exit(120) == 1
+    log = "".join(router.lines)
+    assert re.search(r"worker 0 \(cpu\) failed to start: .*/nonexistent/model-dir", log), log
+    assert router.url is None
+
+
+def test_bad_flags_are_refused_with_a_message():
+    for flags, message in ((["--devices", "cuda:0,cuda:0"], "listed twice"), (["--max-queue", "-1"], "max-queue"),
+                           (["--model", "sim:fast"], "sim:STEP_MS"), (["--devices", "tpu"], "unknown device")):
+        done = subprocess.run([sys.executable, "-m", "router", "serve", *flags], cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
