@@ -129,7 +129,7 @@ class TorchRunner:
             if not c.token_ids or c.start_pos < 0 or end > self.context_length:
                 raise ValueError(f"sequence {c.seq_id}: positions {c.start_pos}..{end} outside the context of "
                                  f"{self.context_length} (or no tokens)")
-            if len(c.block_table) * bs < end or any(not 0 <= b < self.num_kv_blocks for b in c.block_table):
+            if len(c.block_table) * bs < end or min(c.block_table) < 0 or max(c.block_table) >= self.num_kv_blocks:
                 raise ValueError(f"sequence {c.seq_id}: block table {c.block_table} cannot hold {end} tokens")
             if min(c.token_ids) < 0 or max(c.token_ids) >= vocab:
                 raise ValueError(f"sequence {c.seq_id}: token ids outside the vocabulary of {vocab}")

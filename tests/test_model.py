@@ -218,6 +218,10 @@ def test_config_errors_name_the_cause(tmp_path):
         ModelConfig.from_dir(tmp_path / "bad")
     with pytest.raises(ModelConfigError, match="multiple of num_kv_heads"):
         ModelConfig.from_dir(write_config(tmp_path / "gqa", num_key_value_heads=3))
+    with pytest.raises(UnsupportedModelError, match="longrope"):
+        ModelConfig.from_dir(write_config(tmp_path / "rope", rope_scaling={"rope_type": "longrope", "factor": 2.0}))
+    with pytest.raises(ModelConfigError, match="low_freq_factor"):
+        ModelConfig.from_dir(write_config(tmp_path / "llama3", rope_scaling={"rope_type": "llama3", "factor": 8.0}))
     mistral = ModelConfig.from_dir(write_config(tmp_path / "mistral", architectures=["MistralForCausalLM"],
                                                 sliding_window=1024))
     assert mistral.context_length == 1024 and mistral.max_position_embeddings == 4096

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
-_ARCHITECTURE_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+_ARCHITECTURE_BY_MODEL_TYPE = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+}
+
+
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+_ROPE_REQUIRED = {"linear": ("factor",), "dynamic": ("factor",), "yarn": ("factor",),
+                  "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
 
 class UnsupportedModelError(ValueError):
@@ -60,11 +67,20 @@ class ModelConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
         if self.num_heads % self.num_kv_heads:
-            raise ModelConfigError(f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})")
+            raise ModelConfigError(
+                f"num_heads ({self.num_heads}) is not a multiple of num_kv_heads ({self.num_kv_heads})")
         if self.head_dim % 2:
             raise ModelConfigError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
         if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
-            raise ModelConfigError(f"rms_norm_eps and rope_theta must be positive ({self.rms_norm_eps}, {self.rope_theta})")
+            raise ModelConfigError(
+                f"rms_norm_eps and rope_theta must be positive ({self.rms_norm_eps}, {self.rope_theta})")
+        if self.rope_scaling is not None:
+            rope_type = self.rope_scaling.get("rope_type")
+            if rope_type not in ROPE_TYPES:
+                raise UnsupportedModelError(f"unsupported rope_type {rope_type!r}; supported: {', '.join(ROPE_TYPES)}")
+            missing = [k for k in _ROPE_REQUIRED.get(rope_type, ()) if self.rope_scaling.get(k) is None]
+            if missing:
+                raise ModelConfigError(f"rope_type {rope_type!r} needs {', '.join(missing)}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ModelConfigError(f"sliding_window must be positive or null, got {self.sliding_window}")
         if any(not 0 <= t < self.vocab_size for t in self.eos_token_ids):

@@ -11,16 +11,15 @@ from typing import Any
 
 import torch
 
-from gpu_worker.model.config import ModelConfig
-
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn")
+from gpu_worker.model.config import ROPE_TYPES, ModelConfig
 
 
 class UnsupportedRopeError(ValueError):
     pass
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None, max_positions: int) -> tuple[torch.Tensor, float]:
+def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None,
+                  max_positions: int) -> tuple[torch.Tensor, float]:
     """Inverse frequencies [head_dim // 2] (float32) and the attention scale cos/sin are multiplied by."""
     base = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # [dim / 2]
     rope_type = (scaling or {}).get("rope_type", "default")
@@ -56,7 +55,8 @@ def _llama3(inv_freq: torch.Tensor, scaling: dict[str, Any], factor: float) -> t
     return torch.where(is_medium, smoothed, scaled)
 
 
-def _yarn(head_dim: int, theta: float, scaling: dict[str, Any], factor: float, max_positions: int) -> tuple[torch.Tensor, float]:
+def _yarn(head_dim: int, theta: float, scaling: dict[str, Any], factor: float,
+          max_positions: int) -> tuple[torch.Tensor, float]:
     original = scaling.get("original_max_position_embeddings") or max_positions
 
     def mscale(scale: float, m: float = 1.0) -> float:
