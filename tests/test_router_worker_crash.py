@@ -35,9 +35,10 @@ async def ready_workers(session: aiohttp.ClientSession, url: str) -> list[dict]:
         return (await response.json())["workers"]
 
 
-async def run_fault(start_router, fault: int, *extra: str) -> None:
-    router = start_router("--model", "sim:20", "--devices", "cpu,cpu", "--max-running-per-worker", str(PER_WORKER),
-                          *extra)
+async def run_fault(start_router, fault: int, *extra: str, room: int = 0) -> str:
+    """`room`: free slots per worker beyond the streams, so requests sent after the fault reach the faulty one."""
+    router = start_router("--model", "sim:20", "--devices", "cpu,cpu", "--max-running-per-worker",
+                          str(PER_WORKER + room), *extra)
     body = {"model": router.model, "prompt": "a story", "max_tokens": 150}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started: asyncio.Queue = asyncio.Queue()
@@ -45,13 +46,16 @@ async def run_fault(start_router, fault: int, *extra: str) -> None:
                    for _ in range(2 * PER_WORKER)]
         for _ in streams:
             await asyncio.wait_for(started.get(), 30)
-        queued = [asyncio.create_task(session.post(router.url + "/v1/completions", json={**body, "max_tokens": 5}))
-                  for _ in range(3)]
-
         workers = await ready_workers(session, router.url)
         victim = workers[0]
         assert [w["outstanding"] for w in workers] == [PER_WORKER, PER_WORKER]
+        if not room:  # these wait in the router's queue
+            queued = [asyncio.create_task(session.post(router.url + "/v1/completions",
+                                                       json={**body, "max_tokens": 5})) for _ in range(3)]
         os.kill(victim["pid"], fault)
+        if room:  # one of these is sent to the frozen worker and never starts there
+            queued = [asyncio.create_task(session.post(router.url + "/v1/completions",
+                                                       json={**body, "max_tokens": 5})) for _ in range(3)]
 
         outcomes = await asyncio.wait_for(asyncio.gather(*streams), 30)
         assert sorted(outcomes) == ["done"] * PER_WORKER + ["worker_failed"] * PER_WORKER, outcomes
@@ -65,18 +69,29 @@ async def run_fault(start_router, fault: int, *extra: str) -> None:
             return w["state"] == "ready" and w["epoch"] == 1 and w["pid"] != victim["pid"]
 
         await wait_until(restarted, 30, "the worker to come back")
-        await asyncio.gather(*(session.post(router.url + "/v1/completions", json={**body, "max_tokens": 5})
-                               for _ in range(2 * PER_WORKER)))
+        for response in await asyncio.gather(*(session.post(router.url + "/v1/completions",
+                                                            json={**body, "max_tokens": 5})
+                                               for _ in range(2 * PER_WORKER))):
+            assert response.status == 200
+            response.release()
+
+        async def new_worker_served() -> bool:  # its stats arrive every --stats-interval
+            async with session.get(router.url + "/metrics") as response:
+                return metric_values(await response.text(), "gpupool_worker_steps_done")['{worker="0"}'] > 0
+
+        await wait_until(new_worker_served, 10, "the new worker's steps in /metrics")
         async with session.get(router.url + "/metrics") as response:
             metrics = await response.text()
         assert metric_values(metrics, "gpupool_worker_restarts_total") == {"": 1.0}
         assert metric_values(metrics, "gpupool_worker_up") == {'{worker="0"}': 1.0, '{worker="1"}': 1.0}
-        assert metric_values(metrics, "gpupool_worker_steps_done")['{worker="0"}'] > 0, "the new worker served"
+    return "".join(router.lines)
 
 
 async def test_kill_9_a_worker_mid_stream(start_router):
     await run_fault(start_router, signal.SIGKILL)
 
 
-async def test_a_frozen_worker_is_killed_by_the_heartbeat_watchdog(start_router):
-    await run_fault(start_router, signal.SIGSTOP, "--heartbeat-timeout", "1.5")
+async def test_a_frozen_worker_is_killed_by_the_watchdog_and_its_unstarted_request_rerouted(start_router):
+    log = await run_fault(start_router, signal.SIGSTOP, "--heartbeat-timeout", "1.5", room=1)
+    assert "killing worker 0" in log and "no heartbeat for 1.5 s" in log
+    assert "re-dispatching 1 unstarted requests of worker 0" in log
