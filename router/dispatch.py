@@ -118,9 +118,10 @@ class Dispatcher:
         if not slot.outstanding:
             slot.last_progress = now  # the stall clock starts when an idle worker gets work
         stream.worker_id = slot.worker_id
-        stream.dispatched_at = now
+        if stream.dispatched_at is None:  # a re-dispatch after a worker's death is not queue time
+            stream.dispatched_at = now
+            self.metrics.request_queue_time.observe(now - stream.admitted_at)
         slot.outstanding[stream.request_id] = stream
-        self.metrics.request_queue_time.observe(now - stream.admitted_at)
         self.metrics.worker_outstanding.labels(slot.label).set(len(slot.outstanding))
         self.send(slot, stream.request)
 
@@ -232,7 +233,6 @@ class Dispatcher:
                 self._streams.pop(stream.request_id, None)
             else:
                 stream.worker_id = None
-                stream.dispatched_at = None
                 requeue.append(stream)
         slot.outstanding.clear()
         self.metrics.worker_outstanding.labels(slot.label).set(0)

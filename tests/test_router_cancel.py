@@ -51,7 +51,13 @@ async def test_100_clients_disconnecting_mid_stream_free_everything(start_router
         async with asyncio.timeout(60):
             await all_started.wait()
         assert await total(observer, router.url, "gpupool_worker_outstanding_requests") == CLIENTS
-        assert await total(observer, router.url, "gpupool_kv_cache_blocks_used") > 0
+
+        async def all_running_on_workers() -> bool:  # worker stats arrive every --stats-interval
+            text = await scrape(observer, router.url)
+            return (sum(metric_values(text, "gpupool_num_requests_running").values()) == CLIENTS
+                    and sum(metric_values(text, "gpupool_kv_cache_blocks_used").values()) > 0)
+
+        await wait_until(all_running_on_workers, 10, "the workers to report 100 running requests")
         disconnect.set()
         await streams
         await wait_until(lambda: pool_is_idle(observer, router.url), 15, "running, waiting and KV back to 0")
