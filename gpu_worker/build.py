@@ -41,7 +41,7 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
             threads=config.threads,
         )
         runner.warmup()
-        max_positions = runner.model_config.max_position_embeddings
+        max_positions = runner.context_length
         device = config.device
     kv_capacity = runner.num_kv_blocks * runner.block_size
     scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running))
