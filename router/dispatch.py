@@ -106,12 +106,20 @@ class Dispatcher:
     def _least_loaded(self) -> WorkerSlot | None:
         best, best_key = None, None
         for slot in self.slots:
-            if slot.state is not WorkerState.READY or len(slot.outstanding) >= self.max_running_per_worker:
+            capacity = self._capacity(slot)
+            if slot.state is not WorkerState.READY or len(slot.outstanding) >= capacity:
                 continue
-            key = (len(slot.outstanding) / self.max_running_per_worker + slot.kv_usage, len(slot.outstanding))
+            key = (len(slot.outstanding) / capacity + slot.kv_usage, len(slot.outstanding))
             if best_key is None or key < best_key:
                 best, best_key = slot, key
         return best
+
+    def _capacity(self, slot: WorkerSlot) -> int:
+        """--max-running-per-worker, or less if the worker's handshake says it runs fewer."""
+        handshake = slot.handshake
+        if handshake is None or handshake.max_running < 1:
+            return self.max_running_per_worker
+        return min(self.max_running_per_worker, handshake.max_running)
 
     def _dispatch(self, stream: RequestStream, slot: WorkerSlot) -> None:
         now = self._clock()

@@ -8,13 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import os
-import signal
-import sys
 import time
-from pathlib import Path
 
 import zmq.asyncio
 
@@ -24,6 +19,7 @@ from protocol.sockets import Addresses
 from router.config import ServeConfig
 from router.dispatch import Dispatcher
 from router.metrics import Metrics
+from router.worker_process import spawn_worker
 from router.workers import WorkerSlot, WorkerState
 
 log = logging.getLogger("gpupool.supervisor")
@@ -33,7 +29,6 @@ BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a worker that ran this long before dying starts its backoff afresh
 GOODBYE_TIMEOUT_S = 10.0
 EXIT_TIMEOUT_S = 5.0
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class StartupError(RuntimeError):
@@ -46,7 +41,7 @@ class Supervisor:
         self.slots = slots
         self.dispatcher = dispatcher
         self.metrics = metrics
-        self.addresses: Addresses | None = None
+        self.addresses = Addresses("inproc://unset", "inproc://unset")  # set by start_all
         self._initial = True  # failures during the first start are fatal, later ones are restarted
         self._stopping = False
         self._changed = asyncio.Event()
@@ -78,39 +73,14 @@ class Supervisor:
         self._initial = False
 
     async def _spawn(self, slot: WorkerSlot) -> None:
-        assert self.addresses is not None
         slot.epoch += 1
         slot.state = WorkerState.STARTING
         slot.handshake = slot.stats = None
         slot.goodbye = asyncio.Event()
         slot.spawned_at = time.monotonic()
-        slot.process = await asyncio.create_subprocess_exec(
-            *self._command(slot), stdin=asyncio.subprocess.DEVNULL, env=self._environment(),
-            start_new_session=True,  # a Ctrl-C in the terminal reaches the router only, which stops the workers in order
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        slot.process = await spawn_worker(self.config, self.addresses, slot.worker_id, slot.epoch, slot.device)
         log.info("worker %d (%s) spawned: pid %d, epoch %d", slot.worker_id, slot.device, slot.process.pid, slot.epoch)
         self._track(self._reap(slot, slot.epoch, slot.process))
-
-    def _command(self, slot: WorkerSlot) -> list[str]:
-        c = self.config
-        command = [
-            sys.executable, "-m", "gpu_worker", "--router", self.addresses.as_arg(),
-            "--worker-id", str(slot.worker_id), "--epoch", str(slot.epoch), "--device", slot.device,
-            "--model", c.model, "--dtype", c.dtype, "--max-running", str(c.max_running_per_worker),
-            "--threads", str(c.worker_threads()), "--stats-interval", str(c.stats_interval),
-            "--log-level", c.log_level,
-        ]
-        if c.served_model_name is not None:
-            command += ["--served-model-name", c.served_model_name]
-        return command
-
-    @staticmethod
-    def _environment() -> dict[str, str]:
-        env = dict(os.environ)
-        if (PROJECT_ROOT / "gpu_worker").is_dir():  # running from a checkout rather than an install
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-        return env
 
     def _track(self, coroutine) -> None:
         task = asyncio.create_task(coroutine)
@@ -162,8 +132,7 @@ class Supervisor:
     async def _reap(self, slot: WorkerSlot, epoch: int, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
         if slot.epoch != epoch or slot.state is WorkerState.STOPPING:
-            slot.state = WorkerState.DEAD if slot.epoch == epoch else slot.state
-            return
+            return  # a stop in progress reaps it
         reason = self._fail_reasons.pop(slot.worker_id, None) or f"exited with code {code}"
         self._on_exit(slot, reason)
 
@@ -263,9 +232,3 @@ class Supervisor:
             await process.wait()
         slot.state = WorkerState.DEAD
         self._reset_gauges(slot)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: a worker must not outlive a router killed with SIGKILL."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
