@@ -13,7 +13,6 @@ SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
-    "Connection": "keep-alive",
 }
 DONE = b"data: [DONE]\n\n"
 _LOGPROB_FLOOR = -9999.0  # JSON has no -Infinity
