@@ -11,6 +11,7 @@ from aiohttp import web
 
 from router.app import create_app
 from router.config import ServeConfig
+from router.dispatch import Dispatcher
 from router.errors import ApiError
 from router.state import ROUTER
 from router.supervisor import StartupError
@@ -31,9 +32,9 @@ def serve(config: ServeConfig) -> int:
 
 async def _serve(config: ServeConfig) -> int:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    stop, hurry = asyncio.Event(), asyncio.Event()  # a second signal cuts the drain short
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, lambda: hurry.set() if stop.is_set() else stop.set())
     app = create_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=RELEASE_GRACE_S)
     try:
@@ -45,7 +46,7 @@ async def _serve(config: ServeConfig) -> int:
         await stop.wait()
         log.info("shutting down: draining %d requests (up to %g s)", app[ROUTER].dispatcher.in_flight,
                  config.shutdown_timeout)
-        await drain(app, config.shutdown_timeout)
+        await drain(app, config.shutdown_timeout, hurry)
         return 0
     except StartupError as exc:
         log.error("%s", exc)
@@ -72,21 +73,22 @@ async def _start(runner: web.AppRunner, stop: asyncio.Event) -> bool:
     return False
 
 
-async def drain(app: web.Application, timeout: float) -> None:
-    """Refuse new work, let in-flight requests finish for `timeout` seconds, then end the rest with an error."""
+async def drain(app: web.Application, timeout: float, hurry: asyncio.Event) -> None:
+    """Refuse new work, let in-flight requests finish for `timeout` seconds (or until `hurry`), then end the rest
+    with an error."""
     state = app[ROUTER]
     state.admission.start_draining()
-    await _until_idle(state.dispatcher, timeout)
+    await _until_idle(state.dispatcher, timeout, hurry)
     if state.dispatcher.in_flight:
         log.warning("shutdown timeout: ending %d requests with an error", state.dispatcher.in_flight)
         state.dispatcher.fail_all(ApiError(503, "the server shut down before the request finished",
                                            code="shutting_down"))
-        await _until_idle(state.dispatcher, RELEASE_GRACE_S)
+        await _until_idle(state.dispatcher, RELEASE_GRACE_S, asyncio.Event())
 
 
-async def _until_idle(dispatcher, timeout: float) -> None:
+async def _until_idle(dispatcher: Dispatcher, timeout: float, hurry: asyncio.Event) -> None:
     deadline = time.monotonic() + timeout
-    while dispatcher.in_flight and time.monotonic() < deadline:
+    while dispatcher.in_flight and time.monotonic() < deadline and not hurry.is_set():
         await asyncio.sleep(0.02)
 
 

@@ -31,7 +31,7 @@ async def read_stream(response: aiohttp.ClientResponse) -> tuple[int, str | None
     return tokens, error, False
 
 
-async def sigterm_with_streams(start_router, max_tokens: int, *extra: str):
+async def sigterm_with_streams(start_router, max_tokens: int, *extra: str, twice: bool = False):
     router = start_router("--model", "sim:20", "--devices", "cpu,cpu", *extra)
     run_dir = re.search(r"run dir (\S+)", "".join(router.lines)).group(1)
     body = {"model": router.model, "prompt": "shutdown", "max_tokens": max_tokens, "stream": True}
@@ -52,6 +52,8 @@ async def sigterm_with_streams(start_router, max_tokens: int, *extra: str):
         async with session.post(router.url + "/v1/completions", json={**body, "stream": False}) as late:
             assert late.status == 503
             assert (await late.json())["error"]["code"] == "shutting_down"
+        if twice:
+            router.signal(signal.SIGINT)
         results = await asyncio.wait_for(asyncio.gather(*readers), 60)
         for response in responses:
             response.release()
@@ -79,5 +81,11 @@ async def test_sigterm_lets_16_streams_finish(start_router):
 
 async def test_streams_past_the_shutdown_timeout_end_with_an_error_event(start_router):
     results, _ = await sigterm_with_streams(start_router, 2000, "--shutdown-timeout", "0.5")
+    for tokens, error, done in results:
+        assert 0 < tokens < 2000 and error == "shutting_down" and done
+
+
+async def test_a_second_signal_cuts_the_drain_short(start_router):
+    results, _ = await sigterm_with_streams(start_router, 2000, "--shutdown-timeout", "600", twice=True)
     for tokens, error, done in results:
         assert 0 < tokens < 2000 and error == "shutting_down" and done
