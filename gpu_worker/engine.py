@@ -145,10 +145,15 @@ class Engine:
             pending_logprobs=[] if params.logprobs is not None else None,
         )
 
-    def _check_length(self, num_prompt: int, max_tokens: int) -> str | None:
+    def _check_length(self, num_prompt: int, max_tokens: int | None) -> str | None:
         if num_prompt == 0:
             return "the prompt is empty"
-        if num_prompt + max_tokens > self.context_length:
+        if max_tokens is None and num_prompt >= self.context_length:
+            return (
+                f"This model's maximum context length is {self.context_length} tokens. However, your prompt has "
+                f"{num_prompt} tokens, which leaves no room for the completion. Please reduce the length of the prompt."
+            )
+        if max_tokens is not None and num_prompt + max_tokens > self.context_length:
             return (
                 f"This model's maximum context length is {self.context_length} tokens. However, you requested "
                 f"{num_prompt + max_tokens} tokens ({num_prompt} in the prompt, {max_tokens} in the completion). "

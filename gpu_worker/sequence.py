@@ -87,6 +87,8 @@ def finish_reason(seq: Sequence, token: int, stop_string: str | None, context_le
             return "stop", None
         if token in params.stop_token_ids:
             return "stop", token
-    if seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= context_length:
+    if seq.num_tokens >= context_length:
+        return "length", None
+    if params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
         return "length", None
     return None, None

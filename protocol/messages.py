@@ -20,7 +20,7 @@ FINISH_REASONS = ("stop", "length", "abort")
 class SamplingParams:
     """Per-request sampling settings, already validated by the router."""
 
-    max_tokens: int = 16
+    max_tokens: int | None = 16  # None: until the context is full
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0

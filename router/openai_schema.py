@@ -17,9 +17,6 @@ from router.config import RequestLimits
 from router.errors import ApiError, invalid
 from router.fields import Fields, int_list, reject_unless
 
-# Chat without max_tokens. OpenAI and vLLM run until the context is full, which needs the prompt's length (known only
-# to the worker) or a `max_tokens: None` on the wire; until then, this.
-CHAT_DEFAULT_MAX_TOKENS = 1024
 CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -167,10 +164,9 @@ def _chat_logprobs(f: Fields, limits: RequestLimits) -> int | None:
 def _sampling(f: Fields, model: ModelInfo, limits: RequestLimits, *, default_max_tokens: int | None,
               logprobs: int | None, max_tokens_field: str = "max_tokens") -> SamplingParams:
     context = model.context_length
+    # Chat without max_tokens runs until the context is full (max_tokens None on the wire), as OpenAI and vLLM do.
     max_tokens = f.integer(max_tokens_field, default_max_tokens, 1, context)
-    if max_tokens is None:
-        max_tokens = min(CHAT_DEFAULT_MAX_TOKENS, context // 2)
-    min_tokens = f.integer("min_tokens", 0, 0, max_tokens)
+    min_tokens = f.integer("min_tokens", 0, 0, context if max_tokens is None else max_tokens)
     top_k = f.integer("top_k", None, -1, 1 << 20)
     seed = f.integer("seed", None, -(2**63), 2**63 - 1)
     logit_bias = f.obj("logit_bias")
