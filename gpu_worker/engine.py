@@ -190,9 +190,11 @@ class Engine:
         reason, stop_reason = finish_reason(seq, token, update.stop, self.context_length)
         if reason is None:
             return
-        seq.finish_reason, seq.stop_reason = reason, stop_reason
         if update.stop is None:
             seq.pending_text += seq.detokenizer.finish()
+            if seq.detokenizer.stopped is not None:  # a stop string completed in the flushed tail
+                reason, stop_reason = "stop", seq.detokenizer.stopped
+        seq.finish_reason, seq.stop_reason = reason, stop_reason
         self.scheduler.finish(seq)
         self.runner.release(seq.seq_id)
         siblings = self.requests.get(seq.request_id, ())

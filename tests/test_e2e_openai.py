@@ -8,7 +8,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.conftest import RouterProcess, metric_values
+from tests.conftest import RouterProcess, metric_values, wait_until
 
 PROMPT = "Once upon a time, in a small village,"
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Tell me about the sea."}]
@@ -93,12 +93,16 @@ async def test_sampling_parameters_pass_through(client, router):
 async def test_both_workers_serve_concurrent_requests(client, router):
     await asyncio.gather(*(client.completions.create(model=router.model, prompt=f"{PROMPT} {i}", max_tokens=16,
                                                      temperature=0) for i in range(6)))
-    async with aiohttp.ClientSession() as session:
-        async with session.get(router.url + "/metrics") as response:
-            metrics = await response.text()
-    steps = metric_values(metrics, "gpupool_worker_steps_done")
-    assert set(steps) == {'{worker="0"}', '{worker="1"}'}
-    assert all(value > 0 for value in steps.values()), steps
+    steps: dict[str, float] = {}
+
+    async def both_stepped() -> bool:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(router.url + "/metrics") as response:
+                steps.update(metric_values(await response.text(), "gpupool_worker_steps_done"))
+        return set(steps) == {'{worker="0"}', '{worker="1"}'} and all(v > 0 for v in steps.values())
+
+    # Step counts arrive with the workers' stats frames, a stats interval after the requests end.
+    await wait_until(both_stepped, 10, f"both workers to report steps (saw {steps})")
 
 
 async def test_errors_come_back_as_openai_errors(client, router):
