@@ -1,0 +1,86 @@
+"""Disconnect storm: many streams, each dropped by its client at a random moment (queued, mid-prefill or
+mid-stream).
+
+Bars: within 1 s of the last drop nothing runs, waits or holds a KV block on any worker; router and worker RSS after
+the storm equal RSS before it within 5%. "Before" is taken after a first, warm-up storm of the same size, so that
+the allocators' high-water mark is not counted as a leak; the cold growth of that first storm is reported too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from .client import completion_body, session
+from .report import Options, Result
+from .server import family, metrics, pool_idle, process_rss, workers
+
+STREAMS = 1000
+DROP_WITHIN_S = 3.0
+IDLE_BAR_S = 1.0
+RSS_TOLERANCE = 0.05
+
+
+async def run(start, opt: Options) -> Result:
+    streams = opt.count(STREAMS)
+    server = start(*opt.serve_args("--max-running-per-worker", "512", "--max-queue", str(2 * streams)))
+    rng = random.Random(opt.seed)
+    async with session() as http, session() as observer:
+        pids = [w["pid"] for w in await workers(observer, server.url)]
+        cold = process_rss(server, pids)
+        await storm(http, server, streams, rng)
+        await until_idle(observer, server.url, 30)
+        before = process_rss(server, pids)
+        last_drop = await storm(http, server, streams, rng)
+        idle_after = await until_idle(observer, server.url, 30) - last_drop
+        after = process_rss(server, pids)
+        samples = await metrics(observer, server.url)
+        pids_after = [w["pid"] for w in await workers(observer, server.url)]
+
+    result = Result("disconnect-storm", {"streams": f"2x{streams}", "idle_after_last_drop_s": idle_after})
+    for name in before:
+        result.figures[f"{name}_rss_mb"] = f"{before[name]:.1f}->{after[name]:.1f}"
+    growth = max(abs(after[k] - before[k]) / before[k] for k in before)
+    result.figures["max_rss_change_pct"] = 100 * growth
+    result.figures["cold_storm_rss_growth_pct"] = 100 * max((before[k] - cold[k]) / cold[k] for k in cold)
+    result.figures["cancelled_metric"] = samples.get('gpupool_requests_total{outcome="cancelled",status="499"}', 0.0)
+    result.figures["bad_frames"] = family(samples, "gpupool_bad_frames_total")
+    result.check(f"idle (running 0, waiting 0, KV 0) within {IDLE_BAR_S:g} s", idle_after <= IDLE_BAR_S, timing=True)
+    result.check(f"RSS after within {100 * RSS_TOLERANCE:g}% of before", growth <= RSS_TOLERANCE)
+    result.check("no worker died", pids_after == pids)
+    return result
+
+
+async def storm(http, server, streams: int, rng: random.Random) -> float:
+    """Start `streams` long streams at once and drop each at a random moment; the time of the last drop."""
+    body = completion_body(server.model, 3000, stream=True, prompt="a long story")
+    drops: list[float] = []
+
+    async def dropped_stream(delay: float) -> None:
+        response = None
+        try:
+            async with asyncio.timeout(delay):
+                response = await http.post(server.url + "/v1/completions", json=body)
+                async for _ in response.content:
+                    pass
+        except TimeoutError:
+            pass
+        finally:
+            if response is not None:
+                response.close()
+            drops.append(time.monotonic())
+
+    await asyncio.wait_for(asyncio.gather(*(dropped_stream(rng.uniform(0, DROP_WITHIN_S)) for _ in range(streams))),
+                           DROP_WITHIN_S + 60)
+    return max(drops)
+
+
+async def until_idle(http, url: str, timeout: float) -> float:
+    """When the pool was first seen idle (polled every 20 ms); raises past `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not await pool_idle(http, url):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the pool was not idle within {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.monotonic()
