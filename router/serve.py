@@ -26,8 +26,9 @@ def serve(config: ServeConfig) -> int:
     try:
         import uvloop  # optional
     except ImportError:
-        return asyncio.run(_serve(config))
-    return uvloop.run(_serve(config))
+        uvloop = None
+    # Outside the except block: run there, every traceback the server logs would be chained to the ImportError.
+    return asyncio.run(_serve(config)) if uvloop is None else uvloop.run(_serve(config))
 
 
 async def _serve(config: ServeConfig) -> int:
