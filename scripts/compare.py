@@ -176,13 +176,15 @@ def ceiling_summary(bare: dict, ours: dict, streams: int) -> str:
              "| | bare SSE | gpupool sim:0 | gpupool - bare |", "|---|---|---|---|",
              f"| output tok/s at {streams} | {bench._f(tput[0], 0)} | {bench._f(tput[1], 0)} | {share} of bare "
              f"(goal >= 70% and >= 100k tok/s) |",
+             f"| SSE events with text /s at {streams} | {bench._f(b and b['token_events_per_s'], 0)} | "
+             f"{bench._f(g and g['token_events_per_s'], 0)} | |",
              row(f"ITL p50 at {streams}", "itl_ms", "p50", (b, g)), row(f"ITL p99 at {streams}", "itl_ms", "p99", (b, g)),
              row(f"TPOT p50 at {streams}", "tpot_ms", "p50", (b, g)),
              row(f"TPOT p99 at {streams}", "tpot_ms", "p99", (b, g)),
              row("ITL p50 at 1", "itl_ms", "p50", (b1, g1)), row("ITL p99 at 1", "itl_ms", "p99", (b1, g1)),
              row("TTFT p50 at 1", "ttft_ms", "p50", (b1, g1))]
     for key, name in (("tokens_per_event", "tokens per SSE event"), ("server_cpu_pct", "server CPU % of a core"),
-                      ("client_cpu_pct", "client CPU % of a core")):
+                      ("client_cpu_pct", "client CPU % of a core"), ("client_cpu_us_per_event", "client CPU us per event")):
         x, y = (None if r is None else r[key] for r in (b, g))
         lines.append(f"| {name} at {streams} | {bench._f(x, 2)} | {bench._f(y, 2)} | |")
     return "\n".join(lines)
@@ -312,7 +314,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--threads", type=int, help="torch threads of seeds (default: CPUs / replicas) and transformers "
                    "serve (default: torch's); gpupool's workers take CPUs / workers")
     b.add_argument("--vllm-venv", default=os.environ.get("VLLM_VENV", os.path.expanduser("~/.venvs/vllm-cpu")))
-    b.add_argument("--vllm-args", default="", help="extra vLLM api_server flags, one shell string")
+    b.add_argument("--vllm-args", default=servers.VLLM_DEFAULT_ARGS,
+                   help="extra vLLM api_server flags, one shell string (default: %(default)s)")
     b.add_argument("--model-cache", help=f"where {MODELS_97M} is generated (default: OUT_DIR/models)")
 
     c = sub.add_parser("ceiling", parents=[common], help="router with sim:0 vs a bare aiohttp SSE server")

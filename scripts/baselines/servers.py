@@ -63,9 +63,14 @@ def transformers_serve(model_dir: str, dtype: str, threads: int | None = None) -
 
 
 def vllm(venv: str, model_dir: str, dtype: str, extra: list[str] | None = None) -> ServerSpec:
+    """vLLM's OpenAI server from its own venv. On CPU, --gpu-memory-utilization is the share of RAM it reserves
+    (KV cache included) and it refuses to start when that much is not free: VLLM_DEFAULT_ARGS sets a modest one."""
     argv = [os.path.join(venv, "bin", "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
             "--dtype", dtype, "--host", "127.0.0.1", "--port", "{port}", "--served-model-name", SERVED_NAME]
     return ServerSpec("vllm", argv + list(extra or []), env={"HF_HUB_OFFLINE": "1"}, startup_timeout=600.0)
+
+
+VLLM_DEFAULT_ARGS = "--gpu-memory-utilization 0.2"
 
 
 def bare_sse() -> ServerSpec:
