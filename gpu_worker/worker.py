@@ -87,6 +87,10 @@ class WorkerLoop:
             if self.draining:
                 self._send_error(message.request_id, "draining", "the worker is shutting down", 503)
                 return
+            problem = self._sampling_problem(message)
+            if problem is not None:
+                self._send_error(message.request_id, "invalid_request", problem, 400)
+                return
             rejection = self.engine.add_request(message)
             if rejection is not None:
                 self._send_error(rejection.request_id, rejection.code, rejection.message, rejection.status)
@@ -96,6 +100,14 @@ class WorkerLoop:
             self.draining = True
         elif isinstance(message, Shutdown):
             self.stopping = True
+
+    def _sampling_problem(self, request: GenerateRequest) -> str | None:
+        sampling = request.sampling
+        if sampling.n > self.config.max_running:
+            return f"n must be at most {self.config.max_running}, the sequences this worker runs at once"
+        if sampling.logprobs is not None and sampling.logprobs > self.engine.tokenizer.vocab_size:
+            return "logprobs must not exceed the vocabulary size"
+        return sampling.problem()
 
     def _bad_frame(self, reason: str) -> None:
         self.bad_frames += 1

@@ -6,6 +6,7 @@ message structs, so the codec can check each frame against these annotations. No
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 PROTOCOL_VERSION = 1
@@ -36,6 +37,25 @@ class SamplingParams:
     logprobs: int | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+
+    def problem(self) -> str | None:
+        """What makes these settings unusable, or None. The router never sends such values, but a frame that
+        decodes is only well-typed: a worker checks this before it takes a request."""
+        finite = (self.temperature, self.top_p, self.presence_penalty, self.frequency_penalty, self.repetition_penalty)
+        checks = [
+            (self.n >= 1, "n must be >= 1"),
+            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens must be >= 1"),
+            (self.min_tokens >= 0, "min_tokens must be >= 0"),
+            (all(math.isfinite(v) for v in finite), "sampling values must be finite"),
+            (self.temperature >= 0, "temperature must be >= 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k is None or self.top_k >= 1, "top_k must be >= 1"),
+            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+            (self.logprobs is None or self.logprobs >= 0, "logprobs must be >= 0"),
+            (all(self.stop), "stop strings must not be empty"),
+            (all(t >= 0 for t in self.stop_token_ids), "stop token ids must be >= 0"),
+        ]
+        return next((message for ok, message in checks if not ok), None)
 
 
 @dataclass(frozen=True, slots=True)
