@@ -213,6 +213,9 @@ class Dispatcher:
         now = self._clock()
         if slot.stats is None or stats.steps_done != slot.stats.steps_done:
             slot.last_progress = now
+        counted = slot.stats.bad_frames if slot.stats is not None else 0  # a new epoch starts from None
+        if stats.bad_frames > counted:  # frames the worker dropped count in the one bad-frames total
+            self.metrics.bad_frames.inc(stats.bad_frames - counted)
         slot.last_heartbeat = now
         slot.stats = stats
         label = slot.label
@@ -221,8 +224,6 @@ class Dispatcher:
         self.metrics.kv_cache_blocks_used.labels(label).set(stats.kv_blocks_used)
         self.metrics.kv_cache_usage_ratio.labels(label).set(slot.kv_usage)
         self.metrics.worker_steps.labels(label).set(stats.steps_done)
-        if stats.bad_frames:
-            log.debug("worker %d reports %d bad frames", slot.worker_id, stats.bad_frames)
 
     def _end_on_worker(self, slot: WorkerSlot, stream: RequestStream) -> None:
         """The worker is done with the request (finished or failed): its capacity is free again."""

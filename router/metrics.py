@@ -50,7 +50,8 @@ class Metrics:
         self.worker_restarts = Counter("gpupool_worker_restarts", "Worker restarts.", registry=r)
         self.worker_failures = Counter(
             "gpupool_worker_failures", "Worker deaths by cause.", ["reason"], registry=r)
-        self.bad_frames = Counter("gpupool_bad_frames", "Frames dropped as malformed or unexpected.", registry=r)
+        self.bad_frames = Counter("gpupool_bad_frames", "Frames dropped as malformed or unexpected, by the router or (from their stats) the workers.",
+            registry=r)
         self.stale_frames = Counter(
             "gpupool_stale_frames", "Frames dropped because their worker epoch is not the live one.", registry=r)
 
