@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +17,9 @@ from router.state import ROUTER, RouterState
 from router.workers import WorkerState
 
 log = logging.getLogger("gpupool.http")
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")  # docs/openapi.yaml as JSON: scripts/fuzz_openapi.py --export
+OPENAPI = web.AppKey("gpupool_openapi", bytes)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -109,10 +113,16 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
 def add_routes(app: web.Application) -> None:
+    app[OPENAPI] = OPENAPI_PATH.read_bytes()
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
