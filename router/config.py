@@ -23,6 +23,9 @@ class RequestLimits:
     max_stop_token_ids: int = 64
     max_messages: int = 2048
     max_prompt_token_ids: int = 1_000_000
+    # A prompt's text may not exceed context length x this many characters: no tokenizer packs more into a token on
+    # average, and a worker's loop would stall while it tokenized megabytes (4 MiB took 7-11 s on the builtin model).
+    max_prompt_chars_per_token: int = 32
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

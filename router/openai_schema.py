@@ -48,6 +48,7 @@ def parse_completion(body: Any, model: ModelInfo, limits: RequestLimits) -> Pars
     f = Fields(body)
     name = _model(f, model)
     prompt, prompt_token_ids = _prompt(f, limits)
+    _check_text_length(len(prompt or ""), model, limits, "prompt")
     reject_unless(not f.boolean("echo", False), "'echo' is not supported", "echo")
     reject_unless(f.string("suffix") is None, "'suffix' is not supported", "suffix")
     sampling = _sampling(f, model, limits, default_max_tokens=16, logprobs=_completion_logprobs(f, limits))
@@ -63,6 +64,7 @@ def parse_chat(body: Any, model: ModelInfo, limits: RequestLimits) -> ParsedRequ
     f = Fields(body)
     name = _model(f, model)
     messages = _messages(f, limits)
+    _check_text_length(sum(len(m.content) for m in messages), model, limits, "messages")
     if not model.has_chat_template:
         raise invalid(f"model {model.name!r} has no chat template; use /v1/completions", param="messages",
                       code="no_chat_template")
@@ -112,6 +114,14 @@ def _prompt(f: Fields, limits: RequestLimits) -> tuple[str | None, list[int] | N
     if type(prompt) is not list or not prompt:
         raise invalid("'prompt' must be a non-empty string or array of token ids", param="prompt")
     return None, int_list(prompt, "prompt", max_items=limits.max_prompt_token_ids)
+
+
+def _check_text_length(chars: int, model: ModelInfo, limits: RequestLimits, param: str) -> None:
+    cap = model.context_length * limits.max_prompt_chars_per_token
+    if chars > cap:
+        raise invalid(f"the {param} has {chars} characters, more than can fit in the context of "
+                      f"{model.context_length} tokens (at most {cap} characters)", param=param,
+                      code="context_length_exceeded")
 
 
 def _messages(f: Fields, limits: RequestLimits) -> list[ChatMessage]:
