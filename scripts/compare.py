@@ -1,6 +1,6 @@
 """gpupool side by side with its baselines, one command per comparison; each prints tables and writes JSON + PNG.
 
-    python scripts/compare.py baselines   # gpupool vs the seeds' design, transformers serve, vLLM (when its venv exists)
+    python scripts/compare.py baselines   # gpupool vs the seeds' design, transformers serve, vLLM (when installed)
     python scripts/compare.py ceiling     # the router with --model sim:0 vs a bare aiohttp SSE server, 64 streams
     python scripts/compare.py scaling     # --model sim:20 with 1, 2, 4, 8 workers
 
@@ -138,7 +138,7 @@ async def run_baselines(args: argparse.Namespace) -> dict:
     report = {"comparison": "baselines", "machine": machine(), "argv": sys.argv[1:], "models": {}}
     summaries = []
     for model in args.models.split(","):
-        path = model_dir(model, Path(args.model_cache or out / "models"))
+        path = model_dir(model, Path(args.model_cache))
         model_workload = dataclasses.replace(workload, tokenizer=path)
         results: dict[str, dict] = {}
         for spec in baseline_specs(args, path):
@@ -146,7 +146,7 @@ async def run_baselines(args: argparse.Namespace) -> dict:
                 print(f"\n=== {spec}", flush=True)
                 results[spec.split(":")[0]] = {"skipped": spec}
                 continue
-            log = out / "logs" / f"{model.replace('/', '_')}-{spec.name}.log"
+            log = Path(args.log_dir) / f"{Path(model).name}-{spec.name}.log"
             results[spec.name] = await measure(spec, log, model_workload, levels, args.warmup, not args.no_progress)
         report["models"][model] = results
         summaries.append(baselines_summary(model, results, peak))
@@ -178,13 +178,15 @@ def ceiling_summary(bare: dict, ours: dict, streams: int) -> str:
              f"(goal >= 70% and >= 100k tok/s) |",
              f"| SSE events with text /s at {streams} | {bench._f(b and b['token_events_per_s'], 0)} | "
              f"{bench._f(g and g['token_events_per_s'], 0)} | |",
-             row(f"ITL p50 at {streams}", "itl_ms", "p50", (b, g)), row(f"ITL p99 at {streams}", "itl_ms", "p99", (b, g)),
+             row(f"ITL p50 at {streams}", "itl_ms", "p50", (b, g)),
+             row(f"ITL p99 at {streams}", "itl_ms", "p99", (b, g)),
              row(f"TPOT p50 at {streams}", "tpot_ms", "p50", (b, g)),
              row(f"TPOT p99 at {streams}", "tpot_ms", "p99", (b, g)),
              row("ITL p50 at 1", "itl_ms", "p50", (b1, g1)), row("ITL p99 at 1", "itl_ms", "p99", (b1, g1)),
              row("TTFT p50 at 1", "ttft_ms", "p50", (b1, g1))]
     for key, name in (("tokens_per_event", "tokens per SSE event"), ("server_cpu_pct", "server CPU % of a core"),
-                      ("client_cpu_pct", "client CPU % of a core"), ("client_cpu_us_per_event", "client CPU us per event")):
+                      ("client_cpu_pct", "client CPU % of a core"),
+                      ("client_cpu_us_per_event", "client CPU us per event")):
         x, y = (None if r is None else r[key] for r in (b, g))
         lines.append(f"| {name} at {streams} | {bench._f(x, 2)} | {bench._f(y, 2)} | |")
     return "\n".join(lines)
@@ -197,11 +199,11 @@ async def run_ceiling(args: argparse.Namespace) -> dict:
               for c in sorted({1, args.streams})]
     report = {"comparison": "ceiling", "machine": machine(), "argv": sys.argv[1:]}
     progress = not args.no_progress
-    report["bare"] = await measure(servers.bare_sse(), out / "logs" / "ceiling-bare.log", workload, levels,
-                                   args.warmup, progress)
-    report["gpupool"] = await measure(servers.gpupool(f"sim:{args.step_ms:g}", "cpu", None,
-                                                      shlex.split(args.gpupool_args)),
-                                      out / "logs" / "ceiling-gpupool.log", workload, levels, args.warmup, progress)
+    logs = Path(args.log_dir)
+    ours = servers.gpupool(f"sim:{args.step_ms:g}", "cpu", None, shlex.split(args.gpupool_args))
+    report["bare"] = await measure(servers.bare_sse(), logs / "ceiling-bare.log", workload, levels, args.warmup,
+                                   progress)
+    report["gpupool"] = await measure(ours, logs / "ceiling-gpupool.log", workload, levels, args.warmup, progress)
     report["machine"]["loadavg_end"] = os.getloadavg()
     print(ceiling_summary(report["bare"], report["gpupool"], args.streams))
     bench.plot([(name, report[name]["runs"]) for name in ("bare", "gpupool") if "runs" in report[name]],
@@ -268,8 +270,8 @@ async def run_scaling(args: argparse.Namespace) -> dict:
         spec = servers.gpupool(f"sim:{args.step_ms:g}", ",".join(["cpu"] * workers), None,
                                ["--max-running-per-worker", str(args.per_worker), *shlex.split(args.gpupool_args)])
         level = bench.Level(streams, None, None, args.num_requests or args.waves * streams, args.duration)
-        report["workers"][workers] = await measure(spec, out / "logs" / f"scaling-{workers}.log", workload, [level],
-                                                   args.warmup, not args.no_progress)
+        log = Path(args.log_dir) / f"scaling-{workers}.log"
+        report["workers"][workers] = await measure(spec, log, workload, [level], args.warmup, not args.no_progress)
     report["machine"]["loadavg_end"] = os.getloadavg()
     text, points = scaling_summary(report["workers"], args.per_worker, args.step_ms)
     print(text)
@@ -292,7 +294,8 @@ QUICK = {  # --quick: a smoke run of each comparison, seconds not minutes
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out-dir", default="bench-out", help="JSON, PNG and server logs go here")
+    common.add_argument("--out-dir", default="bench-out", help="JSON and PNG go here")
+    common.add_argument("--log-dir", default="bench-out/logs", help="one log per server started")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--warmup", type=int, default=8, help="requests per server before measuring")
     common.add_argument("--num-requests", type=int, help="per level (default: see each comparison)")
@@ -316,7 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     b.add_argument("--vllm-venv", default=os.environ.get("VLLM_VENV", os.path.expanduser("~/.venvs/vllm-cpu")))
     b.add_argument("--vllm-args", default=servers.VLLM_DEFAULT_ARGS,
                    help="extra vLLM api_server flags, one shell string (default: %(default)s)")
-    b.add_argument("--model-cache", help=f"where {MODELS_97M} is generated (default: OUT_DIR/models)")
+    b.add_argument("--model-cache", default="bench-out/models", help=f"where {MODELS_97M} is generated once")
 
     c = sub.add_parser("ceiling", parents=[common], help="router with sim:0 vs a bare aiohttp SSE server")
     c.add_argument("--streams", type=int, default=64)
@@ -347,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     report = asyncio.run(runner(args))
     path = os.path.join(args.out_dir, f"{args.comparison}.json")
     bench.write_json(report, path)
-    print(f"\nJSON: {path}; plots and server logs in {args.out_dir}; load average now {os.getloadavg()[0]:.2f}")
+    print(f"\nJSON: {path}; plots in {args.out_dir}; server logs in {args.log_dir}; "
+          f"load average now {os.getloadavg()[0]:.2f}")
     return 0
 
 
