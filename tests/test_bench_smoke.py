@@ -18,14 +18,18 @@ BUILTIN = REPO / "gpu_worker" / "builtin"
 SUMMARY_KEYS = {"mean", "p50", "p90", "p99"}
 
 
-def load_bench():
-    """scripts/bench.py as a module (scripts/ is no package); registered first, as its dataclasses need."""
-    if "scripts_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("scripts_bench", BENCH)
+def load_script(name: str, path):
+    """A file under scripts/ as a module (scripts/ is no package); registered first, as dataclasses need."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
-    return sys.modules["scripts_bench"]
+    return sys.modules[name]
+
+
+def load_bench():
+    return load_script("scripts_bench", BENCH)
 
 
 @pytest.fixture
@@ -156,3 +160,29 @@ def test_sse_lines_are_read_without_parsing_each_chunk(lines, tokens, usage, err
     assert len(result.token_times) == tokens
     assert result.output_tokens == usage
     assert result.error == error
+
+
+async def test_launcher_starts_measures_and_stops_the_bare_sse_baseline(tmp_path):
+    bench = load_bench()
+    servers = load_script("scripts_baselines_servers", REPO / "scripts" / "baselines" / "servers.py")
+    workload = bench.Workload(input_len=4, output_len=7)
+    levels = [bench.Level(concurrency=3, num_requests=6)]
+    async with servers.launched(servers.bare_sse(), tmp_path / "bare.log") as server:
+        result = await bench.run_benchmark(server.url, workload, levels, model=servers.SERVED_NAME, warmup=1,
+                                           server_pid=server.pid, progress=False)
+        process = server.process
+    assert process.poll() is not None, "the server is stopped on the way out"
+    (run,) = result["runs"]
+    assert run["completed"] == 6 and run["errors"] == {}
+    assert run["output_tokens"] == run["output_tokens_requested"] == 42 and run["token_events"] == 42
+    assert run["prompt_tokens_mean"] == 4
+    if sys.platform == "linux":  # read from /proc
+        assert run["server_cpu_pct"] >= 0
+
+
+async def test_launcher_reports_a_server_that_dies_at_start(tmp_path):
+    servers = load_script("scripts_baselines_servers", REPO / "scripts" / "baselines" / "servers.py")
+    spec = servers.ServerSpec("broken", [sys.executable, "-c", "import sys; print('no model here'); sys.exit(3)"])
+    with pytest.raises(servers.StartupFailed, match="(?s)exited with 3.*no model here"):
+        async with servers.launched(spec, tmp_path / "broken.log"):
+            pass
