@@ -1,4 +1,5 @@
-"""SIGTERM drain: SIGTERM with streams in flight.
+"""SIGTERM drain: SIGTERM with streams in flight, half of them running on the workers and half still waiting in
+the router's queue (--max-running-per-worker holds them back).
 
 Bars: every stream completes with [DONE] and all its tokens; /ready turns 503 and a new request gets 503; the router
 exits 0, its workers are reaped and its run directory is removed.
@@ -14,7 +15,7 @@ import time
 
 from .client import completion_body, request, session
 from .report import Options, Result
-from .server import workers
+from .server import metrics, workers
 
 STREAMS = 32
 MAX_TOKENS = 100
@@ -23,7 +24,9 @@ DEADLINE_S = 60.0
 
 async def run(start, opt: Options) -> Result:
     streams = opt.count(STREAMS)
-    server = start(*opt.serve_args())
+    workers_n = len(opt.devices.split(","))
+    running_per_worker = max(1, streams // (2 * workers_n))
+    server = start(*opt.serve_args("--max-running-per-worker", str(running_per_worker)))
     run_dir = re.search(r"run dir (\S+)", "".join(server.lines)).group(1)
     async with session() as http:
         pids = [w["pid"] for w in await workers(http, server.url)]
@@ -31,7 +34,9 @@ async def run(start, opt: Options) -> Result:
         body = completion_body(server.model, MAX_TOKENS, stream=True)
         tasks = [asyncio.create_task(request(http, server.url, "/v1/completions", body, DEADLINE_S, on_start=e))
                  for e in started]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), DEADLINE_S)
+        running = running_per_worker * workers_n
+        await _until(lambda: sum(e.is_set() for e in started) >= running, DEADLINE_S)
+        await _until_queued(http, server.url, streams - running)
         signalled = time.monotonic()
         server.signal(signal.SIGTERM)
         ready_status = await _until_not_ready(http, server.url)
@@ -42,7 +47,7 @@ async def run(start, opt: Options) -> Result:
     complete = sum(o.ok and o.completion_tokens == MAX_TOKENS for o in outcomes)
     alive = [pid for pid in pids if _exists(pid)]
     result = Result("sigterm-drain", {
-        "in_flight": streams, "completed_with_done": complete, "ready_after_sigterm": ready_status,
+        "in_flight": streams, "queued_in_router": streams - running, "completed_with_done": complete, "ready_after_sigterm": ready_status,
         "new_request": f"{late.status}:{late.error}", "exit_code": code, "exit_after_s": drained_s,
         "run_dir_removed": not os.path.exists(run_dir), "workers_left": len(alive),
     })
@@ -52,6 +57,22 @@ async def run(start, opt: Options) -> Result:
     result.check("exit code 0", code == 0)
     result.check("workers reaped, run dir removed", not alive and not os.path.exists(run_dir))
     return result
+
+
+async def _until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the streams did not start in time")
+        await asyncio.sleep(0.02)
+
+
+async def _until_queued(http, url: str, queued: int, timeout: float = DEADLINE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while (await metrics(http, url)).get("gpupool_router_queue_length") != queued:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{queued} requests did not queue in the router in time")
+        await asyncio.sleep(0.02)
 
 
 async def _until_not_ready(http, url: str, timeout: float = 10.0) -> int:

@@ -40,6 +40,7 @@ class Server:
                 if match and self.url is None:
                     self.model, self.url = match.group(1), match.group(2)
                     self._serving.set()
+        self.process.stdout.close()
         self._serving.set()
 
     def wait_serving(self, timeout: float = 180) -> Server:
