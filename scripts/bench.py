@@ -403,7 +403,7 @@ async def run_benchmark(url: str, workload: Workload, levels: list[Level], *, mo
 # ---------------------------------------------------------------- reporting
 
 
-def _f(value, digits: int = 1) -> str:
+def fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -418,9 +418,9 @@ def table(runs: list[dict], label: str | None = None) -> str:
         server = "-" if r["server_cpu_pct"] is None else f"{r['server_cpu_pct']:.0f}%"
         lines.append(("| " + (f"{label} | " if label else "") +
                       f"{level} | {r['completed']}/{r['num_requests']} | {errors} | {r['requests_per_s']:.2f} | "
-                      f"{r['output_tokens_per_s']:.0f} | {_f(t['p50'])}/{_f(t['p99'])} | {_f(i['p50'], 2)}/"
-                      f"{_f(i['p99'], 2)} | {_f(p['p50'], 2)} | {_f(e['p50'], 0)}/{_f(e['p99'], 0)} | "
-                      f"{_f(r['tokens_per_event'], 2)} | {r['client_cpu_pct']:.0f}% | {server} |"))
+                      f"{r['output_tokens_per_s']:.0f} | {fmt(t['p50'])}/{fmt(t['p99'])} | {fmt(i['p50'], 2)}/"
+                      f"{fmt(i['p99'], 2)} | {fmt(p['p50'], 2)} | {fmt(e['p50'], 0)}/{fmt(e['p99'], 0)} | "
+                      f"{fmt(r['tokens_per_event'], 2)} | {r['client_cpu_pct']:.0f}% | {server} |"))
     return "\n".join(lines)
 
 

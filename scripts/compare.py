@@ -46,8 +46,10 @@ def model_dir(name: str, cache: Path) -> str:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               "unknown") if os.path.exists("/proc/cpuinfo") else "unknown"
+    cpu = "unknown"
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "host": os.uname().nodename,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "loadavg": os.getloadavg()}
 
@@ -108,24 +110,38 @@ def baseline_specs(args: argparse.Namespace, model_path: str) -> list[servers.Se
     return specs
 
 
+def goal_met(name: str, base: tuple[dict | None, dict | None], ours: tuple[dict | None, dict | None]) -> str:
+    """Issue 4's goal for one baseline: the throughput ratio at the peak, and for vLLM also no worse TTFT p99 and
+    ITL p99 there and no worse throughput at concurrency 1."""
+    (b_peak, b_one), (g_peak, g_one) = base, ours
+    if b_peak is None or g_peak is None:
+        return "-"
+    met = g_peak["output_tokens_per_s"] >= GOALS.get(name, 1.0) * b_peak["output_tokens_per_s"]
+    if name == "vllm":
+        met = met and all(g_peak[k]["p99"] <= b_peak[k]["p99"] for k in ("ttft_ms", "itl_ms"))
+        met = met and b_one is not None and g_one is not None and \
+            g_one["output_tokens_per_s"] >= b_one["output_tokens_per_s"]
+    return "yes" if met else "no"
+
+
 def baselines_summary(model: str, results: dict[str, dict], peak: int) -> str:
     lines = [f"\n#### {model}: gpupool against each baseline (c={peak} unless said)",
-             "| baseline | its tok/s | gpupool tok/s | ratio | goal | TTFT p99 ms (it / gpupool) "
-             "| ITL p99 ms (it / gpupool) | c=1 tok/s (it / gpupool) |", "|---|---|---|---|---|---|---|---|"]
+             "| baseline | its tok/s | gpupool tok/s | ratio | goal | met | TTFT p99 ms (it / gpupool) "
+             "| ITL p99 ms (it / gpupool) | c=1 tok/s (it / gpupool) |", "|---|---|---|---|---|---|---|---|---|"]
     ours = results.get("gpupool", {})
     g_peak, g_one = at(ours, peak), at(ours, 1)
     for name, result in results.items():
         if name == "gpupool":
             continue
         if "skipped" in result:
-            lines.append(f"| {name} | skipped: {result['skipped'].splitlines()[0]} | | | | | | |")
+            lines.append(f"| {name} | skipped: {result['skipped'].splitlines()[0]} | | | | | | | |")
             continue
         b_peak, b_one = at(result, peak), at(result, 1)
         tput = [None if r is None else r["output_tokens_per_s"] for r in (b_peak, g_peak, b_one, g_one)]
-        lines.append(f"| {name} | {bench._f(tput[0], 0)} | {bench._f(tput[1], 0)} | {ratio(tput[1], tput[0])} | "
-                     f">= {GOALS.get(name, 1):g}x | {ms(b_peak, 'ttft_ms')} / {ms(g_peak, 'ttft_ms')} | "
-                     f"{ms(b_peak, 'itl_ms')} / {ms(g_peak, 'itl_ms')} | {bench._f(tput[2], 0)} / "
-                     f"{bench._f(tput[3], 0)} |")
+        lines.append(f"| {name} | {bench.fmt(tput[0], 0)} | {bench.fmt(tput[1], 0)} | {ratio(tput[1], tput[0])} | "
+                     f">= {GOALS.get(name, 1):g}x | {goal_met(name, (b_peak, b_one), (g_peak, g_one))} | "
+                     f"{ms(b_peak, 'ttft_ms')} / {ms(g_peak, 'ttft_ms')} | {ms(b_peak, 'itl_ms')} / "
+                     f"{ms(g_peak, 'itl_ms')} | {bench.fmt(tput[2], 0)} / {bench.fmt(tput[3], 0)} |")
     return "\n".join(lines)
 
 
@@ -168,16 +184,16 @@ def ceiling_summary(bare: dict, ours: dict, streams: int) -> str:
     def row(name: str, key: str, q: str, runs: tuple[dict | None, dict | None]) -> str:
         x, y = (None if r is None else r[key][q] for r in runs)
         added = "-" if x is None or y is None else f"{y - x:+.3f}"
-        return f"| {name} | {bench._f(x, 3)} | {bench._f(y, 3)} | {added} ms |"
+        return f"| {name} | {bench.fmt(x, 3)} | {bench.fmt(y, 3)} | {added} ms |"
 
     tput = [None if r is None else r["output_tokens_per_s"] for r in (b, g)]
     share = "-" if not all(tput) else f"{tput[1] / tput[0]:.0%}"
     lines = [f"\n#### The router's ceiling: {streams} streams, sim:0 vs the bare SSE server",
              "| | bare SSE | gpupool sim:0 | gpupool - bare |", "|---|---|---|---|",
-             f"| output tok/s at {streams} | {bench._f(tput[0], 0)} | {bench._f(tput[1], 0)} | {share} of bare "
+             f"| output tok/s at {streams} | {bench.fmt(tput[0], 0)} | {bench.fmt(tput[1], 0)} | {share} of bare "
              f"(goal >= 70% and >= 100k tok/s) |",
-             f"| SSE events with text /s at {streams} | {bench._f(b and b['token_events_per_s'], 0)} | "
-             f"{bench._f(g and g['token_events_per_s'], 0)} | |",
+             f"| SSE events with text /s at {streams} | {bench.fmt(b and b.get('token_events_per_s'), 0)} | "
+             f"{bench.fmt(g and g.get('token_events_per_s'), 0)} | |",
              row(f"ITL p50 at {streams}", "itl_ms", "p50", (b, g)),
              row(f"ITL p99 at {streams}", "itl_ms", "p99", (b, g)),
              row(f"TPOT p50 at {streams}", "tpot_ms", "p50", (b, g)),
@@ -187,8 +203,11 @@ def ceiling_summary(bare: dict, ours: dict, streams: int) -> str:
     for key, name in (("tokens_per_event", "tokens per SSE event"), ("server_cpu_pct", "server CPU % of a core"),
                       ("client_cpu_pct", "client CPU % of a core"),
                       ("client_cpu_us_per_event", "client CPU us per event")):
-        x, y = (None if r is None else r[key] for r in (b, g))
-        lines.append(f"| {name} at {streams} | {bench._f(x, 2)} | {bench._f(y, 2)} | |")
+        x, y = (None if r is None else r.get(key) for r in (b, g))
+        lines.append(f"| {name} at {streams} | {bench.fmt(x, 2)} | {bench.fmt(y, 2)} | |")
+    if all(tput):
+        met = tput[1] >= 0.7 * tput[0] and tput[1] >= 100_000
+        lines.append(f"goal (>= 70% of bare and >= 100k tok/s at {streams} streams) met: {'yes' if met else 'no'}")
     return "\n".join(lines)
 
 
@@ -230,9 +249,11 @@ def scaling_summary(results: dict[int, dict], per_worker: int, step_ms: float) -
         points.append((workers, run["output_tokens_per_s"], ideal))
         server = "-" if run["server_cpu_pct"] is None else f"{run['server_cpu_pct']:.0f}%"
         lines.append(f"| {workers} | {run['concurrency']} | {run['output_tokens_per_s']:.0f} | "
-                     f"{ratio(run['output_tokens_per_s'], base)} | {bench._f(ideal, 0)} | {ms(run, 'ttft_ms')} | "
+                     f"{ratio(run['output_tokens_per_s'], base)} | {bench.fmt(ideal, 0)} | {ms(run, 'ttft_ms')} | "
                      f"{ms(run, 'itl_ms', 'p50')}/{ms(run, 'itl_ms')} | {server} | {run['client_cpu_pct']:.0f}% |")
-    lines.append("goal: 8 workers >= 7.2x one worker")
+    eight = next((p[1] for p in points if p[0] == 8), None)
+    met = "-" if eight is None or not base else ("yes" if eight >= 7.2 * base else "no")
+    lines.append(f"goal (8 workers >= 7.2x one worker) met: {met}")
     return "\n".join(lines), points
 
 
