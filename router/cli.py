@@ -34,6 +34,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--shutdown-timeout", type=float, default=defaults.shutdown_timeout,
         help="seconds in-flight requests get to finish after SIGTERM")
     add("--log-level", choices=LOG_LEVELS, default=defaults.log_level)
+    add("--worker-threads", type=int, default=None, help="torch threads per worker (default: a fair share of the cores)")
     add("--startup-timeout", type=float, default=defaults.startup_timeout, help=argparse.SUPPRESS)
     add("--heartbeat-timeout", type=float, default=defaults.heartbeat_timeout, help=argparse.SUPPRESS)
     add("--stall-timeout", type=float, default=defaults.stall_timeout, help=argparse.SUPPRESS)
@@ -54,6 +55,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         first_token_timeout=args.first_token_timeout,
         shutdown_timeout=args.shutdown_timeout,
         log_level=args.log_level,
+        worker_threads_override=args.worker_threads,
         startup_timeout=args.startup_timeout,
         heartbeat_timeout=args.heartbeat_timeout,
         stall_timeout=args.stall_timeout,

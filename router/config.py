@@ -48,6 +48,7 @@ class ServeConfig:
     first_token_timeout: float = 600.0
     shutdown_timeout: float = 30.0
     log_level: str = "info"
+    worker_threads_override: int | None = None  # --worker-threads; None: each worker's fair share of the cores
     # Supervision; not in the issue's flag table but settable for tests and slow machines.
     startup_timeout: float = 600.0
     heartbeat_timeout: float = 30.0
@@ -91,11 +92,15 @@ class ServeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be > 0")
         if self.shutdown_timeout < 0:
             raise ValueError("--shutdown-timeout must be >= 0")
+        if self.worker_threads_override is not None and self.worker_threads_override < 1:
+            raise ValueError("--worker-threads must be >= 1")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 
     def worker_threads(self) -> int:
         """Each CPU worker's fair share of the cores; GPU workers get the same share for their host work."""
+        if self.worker_threads_override is not None:
+            return self.worker_threads_override
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cores // len(self.devices))
 
