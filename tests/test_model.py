@@ -245,3 +245,17 @@ def test_loader_rejects_missing_and_misshapen_tensors(checkpoints, tmp_path):
         load_model(broken, config, torch.device("cpu"), torch.float32, 64)
     with pytest.raises(CheckpointError, match="no \\*.safetensors"):
         load_model(tmp_path / "nothing", config, torch.device("cpu"), torch.float32, 64)
+
+
+def test_cpu_bfloat16_decode_by_matmul_matches_sdpa():
+    from gpu_worker.model.attention import _decode_by_matmul
+
+    torch.manual_seed(0)
+    q = torch.randn(16, 2, 3, 32).bfloat16()  # [B, kv_heads, group, dim]
+    keys, values = torch.randn(2, 16, 2, 40, 32).bfloat16()  # [B, kv_heads, L, dim] each
+    mask = (torch.arange(40) < torch.randint(1, 41, (16, 1)))[:, None, None, :]  # [B, 1, 1, L]
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), keys.float(), values.float(),
+                                                                 attn_mask=mask, scale=0.2)
+    got = _decode_by_matmul(q, keys, values, mask, 0.2)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
