@@ -14,7 +14,7 @@ import time
 
 from .client import completion_body, session
 from .report import Options, Result
-from .server import family, metrics, pool_idle, process_rss, workers
+from .server import context_length, family, metrics, pool_idle, process_rss, workers
 
 STREAMS = 1000
 DROP_WITHIN_S = 3.0
@@ -28,17 +28,20 @@ async def run(start, opt: Options) -> Result:
     rng = random.Random(opt.seed)
     async with session() as http, session() as observer:
         pids = [w["pid"] for w in await workers(observer, server.url)]
+        body = completion_body(server.model, min(3000, await context_length(observer, server.url) - 64), stream=True,
+                               prompt="a long story")
         cold = process_rss(server, pids)
-        await storm(http, server, streams, rng)
+        await storm(http, server, body, streams, rng)
         await until_idle(observer, server.url, 30)
         before = process_rss(server, pids)
-        last_drop = await storm(http, server, streams, rng)
+        last_drop, refused = await storm(http, server, body, streams, rng)
         idle_after = await until_idle(observer, server.url, 30) - last_drop
         after = process_rss(server, pids)
         samples = await metrics(observer, server.url)
         pids_after = [w["pid"] for w in await workers(observer, server.url)]
 
-    result = Result("disconnect-storm", {"streams": f"2x{streams}", "idle_after_last_drop_s": idle_after})
+    result = Result("disconnect-storm", {"streams": f"2x{streams}", "refused": refused,
+                                         "idle_after_last_drop_s": idle_after})
     for name in before:
         result.figures[f"{name}_rss_mb"] = f"{before[name]:.1f}->{after[name]:.1f}"
     growth = max(abs(after[k] - before[k]) / before[k] for k in before)
@@ -49,19 +52,23 @@ async def run(start, opt: Options) -> Result:
     result.check(f"idle (running 0, waiting 0, KV 0) within {IDLE_BAR_S:g} s", idle_after <= IDLE_BAR_S, timing=True)
     result.check(f"RSS after within {100 * RSS_TOLERANCE:g}% of before", growth <= RSS_TOLERANCE)
     result.check("no worker died", pids_after == pids)
+    result.check("every stream was admitted (200, or dropped before its headers)", refused == 0)
     return result
 
 
-async def storm(http, server, streams: int, rng: random.Random) -> float:
-    """Start `streams` long streams at once and drop each at a random moment; the time of the last drop."""
-    body = completion_body(server.model, 3000, stream=True, prompt="a long story")
+async def storm(http, server, body: dict, streams: int, rng: random.Random) -> tuple[float, int]:
+    """Start `streams` long streams at once and drop each at a random moment; the time of the last drop, and how
+    many streams were answered with anything but 200."""
     drops: list[float] = []
+    refused = 0
 
     async def dropped_stream(delay: float) -> None:
+        nonlocal refused
         response = None
         try:
             async with asyncio.timeout(delay):
                 response = await http.post(server.url + "/v1/completions", json=body)
+                refused += response.status != 200
                 async for _ in response.content:
                     pass
         except TimeoutError:
@@ -73,7 +80,7 @@ async def storm(http, server, streams: int, rng: random.Random) -> float:
 
     await asyncio.wait_for(asyncio.gather(*(dropped_stream(rng.uniform(0, DROP_WITHIN_S)) for _ in range(streams))),
                            DROP_WITHIN_S + 60)
-    return max(drops)
+    return max(drops), refused
 
 
 async def until_idle(http, url: str, timeout: float) -> float:

@@ -107,6 +107,11 @@ async def workers(session: aiohttp.ClientSession, url: str) -> list[dict]:
         return (await response.json())["workers"]
 
 
+async def context_length(session: aiohttp.ClientSession, url: str) -> int:
+    async with session.get(url + "/v1/models") as response:
+        return (await response.json())["data"][0]["max_model_len"]
+
+
 async def metrics(session: aiohttp.ClientSession, url: str) -> dict[str, float]:
     """{'family{labels}': value} for every sample in /metrics."""
     async with session.get(url + "/metrics") as response:

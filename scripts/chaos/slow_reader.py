@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from .client import completion_body, request, session
 from .report import Options, Result, percentile
-from .server import rss_mb
+from .server import context_length, rss_mb
 
 FULL_DURATION_S = 120.0
 FAST = 63
@@ -31,7 +31,8 @@ async def run(start, opt: Options) -> Result:
     async with session() as http:
         await _fast_clients(http, server, fast, 2.0)  # warm-up, not measured
         baseline = await _fast_clients(http, server, fast, half)
-        reader = await SlowReader.open(server.url, completion_body(server.model, 4000, stream=True))
+        longest = min(4000, await context_length(http, server.url) - 64)
+        reader = await SlowReader.open(server.url, completion_body(server.model, longest, stream=True))
         rss_start = rss_mb(server.process.pid)
         reading = asyncio.create_task(reader.read_slowly(half))
         with_slow = await _fast_clients(http, server, fast, half)
