@@ -38,7 +38,7 @@ async def test_the_readme_serve_command_answers_http(start_router):
         async with session.get(router.url + "/v1/models") as response:
             assert response.status == 200
             assert (await response.json())["data"][0]["id"] == router.model
-        body = {"model": router.model, "prompt": "Hello", "max_tokens": 4}
+        body = {"model": router.model, "prompt": "Hello", "max_tokens": 4, "ignore_eos": True}
         async with session.post(router.url + "/v1/completions", json=body) as response:
             assert response.status == 200
             assert (await response.json())["usage"]["completion_tokens"] == 4
