@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from gpu_worker.config import DTYPES, WorkerConfig
@@ -51,10 +50,6 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # OpenMP threads that spin while they wait turn a shared CPU into a livelock: with the router and a client on the
-    # same 2 cores, a 97M model's batch-1 forward took 280 ms with spinning threads and 43 ms with passive ones.
-    # It must be set before torch loads its OpenMP runtime, which happens only in build_engine.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     logging.basicConfig(
         level=args.log_level.upper(), format=f"%(asctime)s worker{args.worker_id} %(levelname)s %(name)s: %(message)s"
     )
