@@ -284,6 +284,7 @@ def plot_scaling(points: list[tuple], path: str, title: str) -> None:
 
 async def run_scaling(args: argparse.Namespace) -> dict:
     out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     workload = bench.Workload(args.input_len, args.output_len, seed=args.seed)
     report = {"comparison": "scaling", "machine": machine(), "argv": sys.argv[1:], "workers": {}}
     for workers in bench.ints(args.workers):
