@@ -115,7 +115,7 @@ def test_worker_serves_streams_aborts_and_survives_garbage(router_end, model):
         assert hello.context_length > 0 and hello.kv_capacity_tokens >= hello.context_length
         assert hello.has_chat_template
 
-        router_end.send(request("a", max_tokens=12))
+        router_end.send(request("a", max_tokens=12, ignore_eos=True))  # the trained model may sample EOS early
         chat = m.GenerateRequest("chat", m.SamplingParams(max_tokens=5), messages=[m.ChatMessage("user", "hi")])
         router_end.send(chat)
         router_end.send(request("too-long", prompt="word " * 5000))
@@ -143,7 +143,7 @@ def test_worker_serves_streams_aborts_and_survives_garbage(router_end, model):
         stats = router_end.wait_for(lambda x: isinstance(x, m.WorkerStats) and x.running == 0)
         assert stats.kv_blocks_used == 0 and stats.waiting == 0
 
-        router_end.send(request("after-garbage", max_tokens=3))  # still serving
+        router_end.send(request("after-garbage", max_tokens=3, ignore_eos=True))  # still serving
         assert router_end.collect({"after-garbage"})["after-garbage"][-1].finish_reason == "length"
 
         router_end.send(request("in-flight", max_tokens=2000, ignore_eos=True))
