@@ -1,0 +1,1 @@
+"""The parts of scripts/bench.py and scripts/compare.py, one concept per module."""
