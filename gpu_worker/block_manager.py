@@ -25,7 +25,7 @@ class BlockManager:
         self._cached: dict[int, int] = {}  # hash -> block id
         # Blocks with no reference, oldest first. Ordered so a cache hit can take one out of the middle.
         self._free: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
-        self.prefix_hit_tokens = 0
+        self.prefix_hit_tokens = 0  # counted by the scheduler, once a hit is actually admitted
 
     # ------------------------------------------------------------------ queries
 
@@ -61,9 +61,7 @@ class BlockManager:
             seq.block_table.append(block)
             seq.prefix_hash = chained
             seq.num_hashed_blocks += 1
-        hit = len(seq.block_table) * bs
-        self.prefix_hit_tokens += hit
-        return hit
+        return len(seq.block_table) * bs
 
     def allocate(self, seq: Sequence, num_tokens: int) -> bool:
         """Grow `seq`'s block table to hold `num_tokens` tokens. False, with nothing changed, if blocks run out."""

@@ -83,16 +83,16 @@ class Scheduler:
     def _admit_waiting(self, batch: list[Scheduled], budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
             seq = self.waiting[0]
-            if seq.num_computed_tokens == 0 and not seq.block_table:
-                hit = self.blocks.take_cached_prefix(seq)
-                seq.num_computed_tokens = hit
-                if seq.num_preemptions == 0:
-                    seq.num_cached_tokens = hit
+            hit = self.blocks.take_cached_prefix(seq)
+            seq.num_computed_tokens = hit
             n = min(seq.num_uncomputed_tokens, budget)
             if not self.blocks.allocate(seq, seq.num_computed_tokens + n):
                 self.blocks.free(seq)  # a waiting sequence holds no blocks, cached prefix included
                 seq.num_computed_tokens = 0
                 break
+            self.blocks.prefix_hit_tokens += hit
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = hit
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)

@@ -192,3 +192,18 @@ def test_the_same_seed_gives_the_same_tokens_alone_and_in_a_busy_batch(tokenizer
     other_seed = torch_engine(tokenizer)
     other_seed.add_request(req("seeded", prompt="Once upon a time", max_tokens=16, temperature=0.9, top_p=0.95, seed=99))
     assert run_to_completion(other_seed)["seeded"][0] != expected
+
+
+def test_prefix_cache_hits_are_counted_once_per_admitted_sequence(tokenizer):
+    engine = sim_engine(tokenizer, block_size=4)
+    prompt = "word " * 40
+    engine.add_request(req("first", prompt=prompt, max_tokens=2))
+    run_to_completion(engine)
+    assert engine.blocks.prefix_hit_tokens == 0
+    engine.add_request(req("second", prompt=prompt, max_tokens=2))
+    hit = None
+    while engine.has_work():
+        for d in engine.step():
+            hit = d.cached_tokens
+    assert hit is not None and hit > 0 and hit % 4 == 0
+    assert engine.blocks.prefix_hit_tokens == hit

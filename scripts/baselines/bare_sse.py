@@ -18,11 +18,11 @@ import time
 import uuid
 
 from aiohttp import web
+from openai_routes import MODEL_NAME, health, models  # a sibling module: these run as scripts
 
 WORDS = [" the", " value", " return", " self", " import", " data", " function", " list"]
 HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 YIELD = web.AppKey("yield_between_chunks", bool)
-MODEL_NAME = web.AppKey("model_name", str)
 
 
 def sse(payload: dict) -> bytes:
@@ -59,14 +59,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
                                   "choices": [], "usage": usage}))
     await response.write(b"data: [DONE]\n\n")
     return response
-
-
-async def models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [{"id": request.app[MODEL_NAME], "object": "model"}]})
-
-
-async def health(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
 
 
 def main() -> None:

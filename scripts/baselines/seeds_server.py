@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from aiohttp import web
+from openai_routes import MODEL_NAME, health, models  # a sibling module: these run as scripts
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
@@ -137,17 +138,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [{"id": request.app[MODEL_NAME], "object": "model"}]})
-
-
-async def health(request: web.Request) -> web.Response:
-    return web.Response(text="ok")
-
-
 REPLICAS = web.AppKey("replicas", Replicas)
 TOKENIZER = web.AppKey("tokenizer", object)
-MODEL_NAME = web.AppKey("model_name", str)
 
 
 def main() -> None:
