@@ -17,10 +17,14 @@ SERVING = re.compile(r"serving (\S+) on (http://[\w.:\[\]]+)")
 
 
 class Server:
-    """`python -m router serve --port 0 ...`; the same surface as tests/conftest.py's RouterProcess."""
+    """`python -m router serve --port 0 ...` (or another serve `command`), its log collected by a reader thread.
 
-    def __init__(self, args: list[str], log_path: Path) -> None:
-        self.command = [sys.executable, "-m", "router", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    tests/conftest.py's RouterProcess is this class with test-flavoured failures.
+    """
+
+    def __init__(self, args: list[str], log_path: Path, command: list[str] | None = None) -> None:
+        base = command or [sys.executable, "-m", "router", "serve"]
+        self.command = [*base, "--host", "127.0.0.1", "--port", "0", *args]
         self.lines: list[str] = []
         self.url: str | None = None
         self.model: str | None = None
@@ -36,6 +40,7 @@ class Server:
             for line in self.process.stdout:
                 self.lines.append(line)
                 log.write(line)
+                log.flush()
                 match = SERVING.search(line)
                 if match and self.url is None:
                     self.model, self.url = match.group(1), match.group(2)
