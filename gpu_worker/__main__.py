@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from gpu_worker.config import DTYPES, WorkerConfig
+from gpu_worker.config import ATTENTION_BACKENDS, DTYPES, WorkerConfig
 from gpu_worker.worker import report_bad_config, run_worker
 from protocol.sockets import Addresses
 
@@ -19,6 +19,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--model", default="builtin", help="builtin, a local Hugging Face directory, or sim:STEP_MS")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
+    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
+                   help="decode attention: compiled (in place, torch.compile), eager (gather + matmul), auto")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--max-running", type=int, default=256, help="sequences decoded together")
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="tokens computed per step")
@@ -38,6 +40,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         device=args.device,
         model=args.model,
         dtype=args.dtype,
+        attention=args.attention,
         served_model_name=args.served_model_name,
         max_running=args.max_running,
         max_batched_tokens=args.max_batched_tokens,

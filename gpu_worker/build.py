@@ -39,6 +39,7 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
             max_running=config.max_running,
             kv_cache_mb=config.kv_cache_mb,
             threads=config.threads,
+            attention=config.attention,
         )
         runner.warmup()
         max_positions = runner.context_length

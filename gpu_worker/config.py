@@ -9,6 +9,7 @@ from protocol.sockets import Addresses
 
 BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "compiled", "eager")  # auto: compiled on CPU, eager on CUDA
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class WorkerConfig:
     device: str = "cpu"
     model: str = "builtin"
     dtype: str = "auto"
+    attention: str = "auto"
     served_model_name: str | None = None
     max_running: int = 256
     max_batched_tokens: int = 2048
@@ -34,6 +36,8 @@ class WorkerConfig:
             raise ValueError(f"unknown device {self.device!r}: use cpu or cuda:N")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r}: use one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention {self.attention!r}: use one of {', '.join(ATTENTION_BACKENDS)}")
         for name in ("max_running", "max_batched_tokens", "block_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")

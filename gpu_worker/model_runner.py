@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 from gpu_worker.batch import SampledToken, ScheduledChunk
-from gpu_worker.model import KVCache, ModelConfig, build_metadata, load_model
+from gpu_worker.config import ATTENTION_BACKENDS
+from gpu_worker.model import KVCache, ModelConfig, allocate_kv_cache, build_metadata, load_model
+from gpu_worker.model.decode_kernel import compiled_decode_or_none
 from gpu_worker.sampler import Sampler
 from protocol.messages import SamplingParams
 
@@ -32,11 +34,14 @@ class TorchRunner:
         kv_cache_mb: int | None = None,
         num_kv_blocks: int | None = None,
         threads: int | None = None,
+        attention: str = "auto",
     ):
         if threads is not None:  # the worker process holds one runner, so its thread count is the process's
             torch.set_num_threads(threads)
         if block_size <= 0 or max_batched_tokens <= 0 or max_running <= 0:
             raise ValueError("block_size, max_batched_tokens and max_running must be positive")
+        if attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {attention!r}; choose {', '.join(ATTENTION_BACKENDS)}")
         self.device = torch.device(device)
         self.model_config = ModelConfig.from_dir(model_dir)
         self.dtype = resolve_dtype(dtype, self.device, self.model_config)
@@ -48,15 +53,10 @@ class TorchRunner:
         self.num_kv_blocks = num_kv_blocks if num_kv_blocks is not None else self._blocks_for_budget(kv_cache_mb)
         if self.num_kv_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {self.num_kv_blocks}")
-        slots = self.num_kv_blocks * block_size
-        shape = (slots, self.model_config.num_kv_heads, self.model_config.head_dim)
-        # Zeroed by writing (empty + zero_), not torch.zeros: on CPU that maps pages lazily, and gathering blocks never
-        # written then reads the shared zero page, measured 5x slower than reading written memory.
-        self.kv_cache: KVCache = [
-            (torch.empty(shape, dtype=self.dtype, device=self.device).zero_(),
-             torch.empty(shape, dtype=self.dtype, device=self.device).zero_())
-            for _ in range(self.model_config.num_layers)
-        ]
+        cfg = self.model_config
+        self.kv_cache: KVCache = allocate_kv_cache(cfg.num_layers, self.num_kv_blocks, block_size, cfg.num_kv_heads,
+                                                   cfg.head_dim, self.dtype, self.device)
+        self.decode_kernel = self._decode_kernel(attention)
         self.sampler = Sampler(self.device)
 
     # ------------------------------------------------------------------ the runner interface
@@ -86,7 +86,7 @@ class TorchRunner:
             [c.block_table for c in decodes], [c.start_pos + 1 for c in decodes],
             [c.block_table for c in prefills], [c.start_pos for c in prefills],
             [len(c.token_ids) for c in prefills],
-            bs, self.device,
+            bs, self.device, self.decode_kernel,
         )
         sampling = [c for c in chunks if c.sample]
         with torch.inference_mode():
@@ -139,6 +139,19 @@ class TorchRunner:
         if self.device.type == "cuda":
             return host.pin_memory().to(self.device, non_blocking=True)
         return host
+
+    def _decode_kernel(self, attention: str):
+        """The compiled in-place decode attention on CPU (auto or compiled), else None: gather, then matmuls/SDPA.
+
+        On CUDA the eager path serves: inductor's kernel was written and measured for the CPU only.
+        """
+        if attention == "eager" or (attention == "auto" and self.device.type != "cpu"):
+            return None
+        k_cache, v_cache = self.kv_cache[0]
+        kernel = compiled_decode_or_none(k_cache, v_cache, self.model_config.num_heads // self.model_config.num_kv_heads)
+        if kernel is None and attention == "compiled":
+            raise RuntimeError("--attention compiled: torch.compile could not build the decode attention (see log)")
+        return kernel
 
     def _blocks_for_budget(self, kv_cache_mb: int | None) -> int:
         cfg = self.model_config

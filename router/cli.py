@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from router.config import DTYPES, LOG_LEVELS, ServeConfig, resolve_devices
+from router.config import ATTENTION_BACKENDS, DTYPES, LOG_LEVELS, ServeConfig, resolve_devices
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", default=defaults.host)
     add("--port", type=int, default=defaults.port)
     add("--dtype", choices=DTYPES, default=defaults.dtype)
+    add("--attention", choices=ATTENTION_BACKENDS, default=defaults.attention,
+        help="decode attention: compiled in place by torch.compile, eager (gather + matmul); auto: compiled on CPU")
     add("--served-model-name", default=None, help="the model name clients use (default: the worker's)")
     add("--api-key", action="append", default=[], help="require Authorization: Bearer KEY on /v1/*; repeatable")
     add("--max-queue", type=int, default=defaults.max_queue, help="requests admitted but not yet running")
@@ -47,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         host=args.host,
         port=args.port,
         dtype=args.dtype,
+        attention=args.attention,
         served_model_name=args.served_model_name,
         api_keys=tuple(args.api_key),
         max_queue=args.max_queue,

@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "compiled", "eager")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -40,6 +41,7 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     dtype: str = "auto"
+    attention: str = "auto"
     served_model_name: str | None = None
     api_keys: tuple[str, ...] = ()
     max_queue: int = 1024
@@ -78,6 +80,8 @@ class ServeConfig:
             raise ValueError(f"--port {self.port} is out of range")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"--attention must be one of {', '.join(ATTENTION_BACKENDS)}")
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise ValueError("--served-model-name must not be blank")
         if any(not key for key in self.api_keys):

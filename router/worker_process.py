@@ -19,7 +19,8 @@ def worker_command(config: ServeConfig, addresses: Addresses, worker_id: int, ep
     command = [
         sys.executable, "-m", "gpu_worker", "--router", addresses.as_arg(),
         "--worker-id", str(worker_id), "--epoch", str(epoch), "--device", device,
-        "--model", config.model, "--dtype", config.dtype, "--max-running", str(config.max_running_per_worker),
+        "--model", config.model, "--dtype", config.dtype, "--attention", config.attention,
+        "--max-running", str(config.max_running_per_worker),
         "--threads", str(config.worker_threads()), "--stats-interval", str(config.stats_interval),
         "--log-level", config.log_level,
     ]

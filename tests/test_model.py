@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from gpu_worker.batch import ScheduledChunk
-from gpu_worker.model import (CheckpointError, ModelConfig, ModelConfigError, UnsupportedModelError, build_metadata,
-                              load_model)
+from gpu_worker.model import (CheckpointError, ModelConfig, ModelConfigError, UnsupportedModelError,
+                              allocate_kv_cache, build_metadata, load_model)
 from gpu_worker.model.rope import UnsupportedRopeError, rope_inv_freq
 from gpu_worker.model_runner import TorchRunner
 from protocol.messages import SamplingParams
@@ -62,9 +62,9 @@ def flat_prefill(prompts: list[list[int]], starts: list[int] | None = None, offs
     return torch.tensor(ids), torch.tensor(positions), meta
 
 
-def empty_cache(config: ModelConfig, blocks: int = 256):
-    shape = (blocks * BLOCK, config.num_kv_heads, config.head_dim)
-    return [(torch.zeros(shape), torch.zeros(shape)) for _ in range(config.num_layers)]
+def empty_cache(config: ModelConfig, blocks: int = 256, dtype: torch.dtype = torch.float32):
+    return allocate_kv_cache(config.num_layers, blocks, BLOCK, config.num_kv_heads, config.head_dim, dtype,
+                             torch.device("cpu"))
 
 
 def reference_logits(reference, prompt: list[int]) -> torch.Tensor:
@@ -89,10 +89,13 @@ def test_varlen_prefill_logits_match_transformers(checkpoints, variant):
         row += len(prompt)
 
 
+@pytest.mark.parametrize("attention", ["compiled", "eager"])
 @pytest.mark.parametrize("variant", ["llama", "qwen2-tied"])
-def test_batched_greedy_decode_matches_generate(checkpoints, variant):
+def test_batched_greedy_decode_matches_generate(checkpoints, variant, attention):
     path, reference = checkpoints[variant]
-    runner = TorchRunner(path, dtype="float32", block_size=BLOCK, num_kv_blocks=8 * 16)
+    runner = TorchRunner(path, dtype="float32", block_size=BLOCK, num_kv_blocks=8 * 16, attention=attention)
+    assert (runner.decode_kernel is not None) == (attention == "compiled")
+    assert len(PROMPTS) >= 8  # enough decodes in a step for the compiled kernel to serve them
     new_tokens = 10
     expected = []
     for prompt in PROMPTS:
@@ -142,9 +145,7 @@ def test_bfloat16_runs_close_to_float32(checkpoints):
     path, reference = checkpoints["llama"]
     config = ModelConfig.from_dir(path)
     model = load_model(path, config, torch.device("cpu"), torch.bfloat16, 256)
-    shape = (256 * BLOCK, config.num_kv_heads, config.head_dim)
-    cache = [(torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16))
-             for _ in range(config.num_layers)]
+    cache = empty_cache(config, dtype=torch.bfloat16)
     ids, positions, meta = flat_prefill(PROMPTS[2:4])
     with torch.inference_mode():
         logits = model.compute_logits(model(ids, positions, meta, cache))
@@ -158,7 +159,7 @@ def test_runner_sizes_the_kv_cache_from_a_budget(checkpoints):
     runner = TorchRunner(path, dtype="float32", block_size=16, kv_cache_mb=1)
     bytes_per_block = 2 * 2 * 16 * 2 * 16 * 4  # K and V, layers, block, kv heads, head dim, float32
     assert runner.num_kv_blocks == 2**20 // bytes_per_block
-    assert runner.kv_cache[0][0].shape == (runner.num_kv_blocks * 16, 2, 16)
+    assert runner.kv_cache[0][0].shape == (2, runner.num_kv_blocks, 16, 16)  # kv heads, blocks, block, head dim
     runner.warmup()
     with pytest.raises(ValueError, match="outside the context"):
         runner.run([ScheduledChunk(0, [1], 256, [0] * 17, True, SamplingParams(temperature=0.0))])
@@ -247,15 +248,53 @@ def test_loader_rejects_missing_and_misshapen_tensors(checkpoints, tmp_path):
         load_model(tmp_path / "nothing", config, torch.device("cpu"), torch.float32, 64)
 
 
-def test_cpu_bfloat16_decode_by_matmul_matches_sdpa():
-    from gpu_worker.model.attention import _decode_by_matmul
-
+def random_paged_cache(dtype: torch.dtype, batch: int = 16, kv_heads: int = 2, group: int = 3, dim: int = 32):
+    """q, a shuffled paged cache, block tables and context lengths of 1..40 keys in blocks of 8."""
     torch.manual_seed(0)
-    q = torch.randn(16, 2, 3, 32).bfloat16()  # [B, kv_heads, group, dim]
-    keys, values = torch.randn(2, 16, 2, 40, 32).bfloat16()  # [B, kv_heads, L, dim] each
-    mask = (torch.arange(40) < torch.randint(1, 41, (16, 1)))[:, None, None, :]  # [B, 1, 1, L]
-    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), keys.float(), values.float(),
-                                                                 attn_mask=mask, scale=0.2)
-    got = _decode_by_matmul(q, keys, values, mask, 0.2)
+    q = torch.randn(batch, kv_heads, group, dim).to(dtype)  # [B, kv_heads, group, dim]
+    k_cache, v_cache = torch.randn(2, kv_heads, batch * 5 + 3, 8, dim).to(dtype)  # [kv_heads, blocks, 8, dim]
+    tables = torch.randperm(batch * 5 + 3)[:batch * 5].view(batch, 5)
+    lens = torch.randint(1, 41, (batch,))
+    return q, k_cache, v_cache, tables, lens
+
+
+def reference_decode(q, k_cache, v_cache, tables, lens, scale):
+    """Each sequence's keys read token by token in float32, then SDPA."""
+    out = []
+    for b in range(q.shape[0]):
+        slots = [int(tables[b, p // 8]) * 8 + p % 8 for p in range(int(lens[b]))]
+        keys = k_cache.flatten(1, 2)[:, slots].float()  # [kv_heads, n, dim]
+        values = v_cache.flatten(1, 2)[:, slots].float()
+        out.append(torch.nn.functional.scaled_dot_product_attention(q[b].float(), keys, values, scale=scale))
+    return torch.stack(out)  # [B, kv_heads, group, dim]
+
+
+def test_cpu_bfloat16_decode_by_matmul_matches_sdpa():
+    from gpu_worker.model.attention import _decode_by_matmul, gather_context
+
+    q, k_cache, v_cache, tables, lens = random_paged_cache(torch.bfloat16)
+    mask = (torch.arange(40) < lens[:, None])[:, None, None, :]  # [B, 1, 1, L]
+    got = _decode_by_matmul(q, gather_context(k_cache, tables), gather_context(v_cache, tables), mask, 0.2)
     assert got.dtype == torch.bfloat16
-    torch.testing.assert_close(got.float(), expected, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(got.float(), reference_decode(q, k_cache, v_cache, tables, lens, 0.2),
+                               atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_decode_reads_the_paged_cache_in_place(dtype):
+    from gpu_worker.model.decode_kernel import compiled_decode_or_none
+
+    q, k_cache, v_cache, tables, lens = random_paged_cache(dtype)
+    kernel = compiled_decode_or_none(k_cache, v_cache, group=3)
+    assert kernel is not None
+    expected = reference_decode(q, k_cache, v_cache, tables, lens, 0.2)
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    with torch.inference_mode():
+        for rows in (16, 9, 13):  # other batch sizes and table widths reuse the one graph
+            got = kernel(q[:rows], k_cache, v_cache, tables[:rows, :rows % 5 + 1].contiguous(),
+                         lens[:rows].clamp(max=8 * (rows % 5 + 1)), 0.2)
+            want = reference_decode(q[:rows], k_cache, v_cache, tables[:rows], lens[:rows].clamp(max=8 * (rows % 5 + 1)),
+                                    0.2)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+    assert expected.shape == q.float().shape

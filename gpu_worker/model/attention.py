@@ -1,7 +1,9 @@
-"""Paged attention in plain torch: flat KV slots, one batched SDPA call for decodes and one for prefills.
+"""Paged attention in plain torch: one call for every decode of a step and one SDPA call for its prefills.
 
-The KV cache of a layer is a K and a V tensor of [num_slots, kv_heads, head_dim], num_slots = num_blocks * block_size;
-token position p of a sequence lives at slot block_table[p // block_size] * block_size + p % block_size.
+The KV cache of a layer is a K and a V tensor of [kv_heads, num_blocks, block_size, head_dim]; token position p of a
+sequence lives in block block_table[p // block_size] at row p % block_size, and its flat slot is
+block_table[p // block_size] * block_size + p % block_size. Heads come first so that gathering a head's blocks gives
+contiguous [sequence, key, dim] matrices, which batched matmuls take without another copy.
 
 Tokens of a step are laid out decodes first (one token each), then prefill chunks (one or more tokens each, possibly
 after a cached prefix). Each step writes the new K/V at their slots, then gathers every sequence's whole context
@@ -10,12 +12,27 @@ back from the cache, so a cached prefix and the new tokens are read the same way
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SMALL_DECODE_BATCH = 8  # below this, SDPA's kernel is faster on CPU too
+SMALL_DECODE_BATCH = 8  # below this many decodes, SDPA's kernel is faster on CPU
+# (q [B, kv_heads, group, dim], k_cache, v_cache, block_tables [B, blocks], context_lens [B], scale) -> like q
+DecodeKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+
+def allocate_kv_cache(num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
+                      dtype: torch.dtype, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer a K and a V of [kv_heads, num_blocks, block_size, head_dim], zeroed.
+
+    Zeroed by writing (empty + zero_), not torch.zeros: on CPU that maps pages lazily, and gathering blocks never
+    written then reads the shared zero page, measured 5x slower than reading written memory.
+    """
+    shape = (kv_heads, num_blocks, block_size, head_dim)
+    return [(torch.empty(shape, dtype=dtype, device=device).zero_(),
+             torch.empty(shape, dtype=dtype, device=device).zero_()) for _ in range(num_layers)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,24 +43,26 @@ class AttentionMetadata:
     num_decode_tokens: int  # the first num_decode_tokens tokens are decodes, one per sequence
     block_size: int
     decode_block_tables: torch.Tensor | None  # [B, blocks] int64: each decode sequence's blocks, padded with 0
+    decode_context_lens: torch.Tensor | None  # [B] int64: keys of each decode sequence, the new one included
     decode_mask: torch.Tensor | None  # [B, 1, 1, Ld] bool, Ld = blocks * block_size: True where a key is context
     prefill_q_index: torch.Tensor | None  # [Tp] int64: row of each prefill token in the padded [P * Qmax] queries
     prefill_block_tables: torch.Tensor | None  # [P, blocks] int64: each prefill sequence's blocks, padded with 0
     prefill_mask: torch.Tensor | None  # [P, 1, Qmax, Lp] bool: causal, offset by the cached prefix
     num_prefill_seqs: int = 0
     prefill_max_q: int = 0
+    decode_kernel: DecodeKernel | None = None  # reads the cache in place; None: gather, then matmuls or SDPA
 
 
-def gather_context(cache: torch.Tensor, block_tables: torch.Tensor, block_size: int) -> torch.Tensor:
-    """cache [slots, kv_heads, dim], block_tables [S, blocks] -> [S, kv_heads, blocks * block_size, dim].
+def gather_context(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
+    """cache [kv_heads, num_blocks, block_size, dim], block_tables [S, blocks] -> [kv_heads, S, blocks * block_size,
+    dim], contiguous.
 
     Whole blocks are gathered as the rows of one index_select: several times faster than indexing slot by slot.
     """
     seqs, blocks = block_tables.shape
-    kv_heads, dim = cache.shape[1], cache.shape[2]
-    by_block = cache.view(-1, block_size * kv_heads * dim)  # [num_blocks, block_size * kv_heads * dim]
-    context = by_block.index_select(0, block_tables.flatten())
-    return context.view(seqs, blocks * block_size, kv_heads, dim).transpose(1, 2)
+    kv_heads, num_blocks, block_size, dim = cache.shape
+    by_block = cache.view(kv_heads, num_blocks, block_size * dim)
+    return by_block.index_select(1, block_tables.flatten()).view(kv_heads, seqs, blocks * block_size, dim)
 
 
 def build_metadata(
@@ -55,6 +74,7 @@ def build_metadata(
     prefill_query_lens: list[int],  # new tokens of each chunk
     block_size: int,
     device: torch.device,
+    decode_kernel: DecodeKernel | None = None,
 ) -> AttentionMetadata:
     """Host lists -> index tensors on `device` (each copied once, without waiting on the device)."""
 
@@ -64,12 +84,16 @@ def build_metadata(
             return host.pin_memory().to(device, non_blocking=True)
         return host.to(device)
 
-    decode_tables = decode_mask = None
+    decode_tables = decode_lens = decode_mask = None
+    if len(decode_context_lens) < SMALL_DECODE_BATCH:
+        decode_kernel = None  # a call of the compiled kernel costs more than it saves on so few rows
     if decode_context_lens:
         padded = _pad(decode_block_tables, decode_context_lens, block_size)
         decode_tables = to_device(padded)
-        keys = torch.arange(len(padded[0]) * block_size, device=device)
-        decode_mask = (keys < to_device(decode_context_lens).unsqueeze(1))[:, None, None, :]
+        decode_lens = to_device(decode_context_lens)
+        if decode_kernel is None:
+            keys = torch.arange(len(padded[0]) * block_size, device=device)
+            decode_mask = (keys < decode_lens.unsqueeze(1))[:, None, None, :]
     prefill_q_index = prefill_tables = prefill_mask = None
     max_q = max(prefill_query_lens, default=0)
     if prefill_query_lens:
@@ -85,12 +109,14 @@ def build_metadata(
         block_size=block_size,
         num_decode_tokens=len(decode_context_lens),
         decode_block_tables=decode_tables,
+        decode_context_lens=decode_lens,
         decode_mask=decode_mask,
         prefill_q_index=prefill_q_index,
         prefill_block_tables=prefill_tables,
         prefill_mask=prefill_mask,
         num_prefill_seqs=len(prefill_query_lens),
         prefill_max_q=max_q,
+        decode_kernel=decode_kernel,
     )
 
 
@@ -105,13 +131,14 @@ def paged_attention(
     q: torch.Tensor,  # [T, heads, dim]
     k: torch.Tensor,  # [T, kv_heads, dim]
     v: torch.Tensor,  # [T, kv_heads, dim]
-    k_cache: torch.Tensor,  # [slots, kv_heads, dim]
+    k_cache: torch.Tensor,  # [kv_heads, num_blocks, block_size, dim]
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:  # [T, heads, dim]
-    k_cache.index_copy_(0, meta.slot_mapping, k)
-    v_cache.index_copy_(0, meta.slot_mapping, v)
+    kv_heads, _, _, dim = k_cache.shape
+    k_cache.view(kv_heads, -1, dim).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))  # slots of [kv_heads, T, dim]
+    v_cache.view(kv_heads, -1, dim).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
     n = meta.num_decode_tokens
     parts = []
     if n:
@@ -124,30 +151,41 @@ def paged_attention(
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:
     """q [B, heads, dim], one query per sequence -> [B, heads, dim]."""
-    assert meta.decode_block_tables is not None and meta.decode_mask is not None
+    assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
     batch, heads, dim = q.shape
-    kv_heads = k_cache.shape[1]
-    keys = gather_context(k_cache, meta.decode_block_tables, meta.block_size)  # [B, kv_heads, Ld, dim]
-    values = gather_context(v_cache, meta.decode_block_tables, meta.block_size)
+    kv_heads = k_cache.shape[0]
     # The query heads sharing a kv head become that head's query rows, so K/V are never expanded.
     grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, kv_heads, group, dim]
+    if meta.decode_kernel is not None:
+        out = meta.decode_kernel(grouped, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale)
+        return out.reshape(batch, heads, dim)
+    assert meta.decode_mask is not None
+    keys = gather_context(k_cache, meta.decode_block_tables)  # [kv_heads, B, Ld, dim]
+    values = gather_context(v_cache, meta.decode_block_tables)
     if q.device.type == "cpu" and q.dtype != torch.float32 and batch >= SMALL_DECODE_BATCH:
         out = _decode_by_matmul(grouped, keys, values, meta.decode_mask, scale)
     else:
-        out = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=meta.decode_mask, scale=scale)
+        out = F.scaled_dot_product_attention(grouped, keys.transpose(0, 1), values.transpose(0, 1),
+                                             attn_mask=meta.decode_mask, scale=scale)
     return out.reshape(batch, heads, dim)
 
 
 def _decode_by_matmul(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
                       scale: float) -> torch.Tensor:
-    """Attention as two batched matmuls with a float32 softmax: q [B, kv_heads, group, dim] -> the same shape.
+    """Attention as two batched matmuls with a float32 softmax, batched over (kv head, sequence):
+    q [B, kv_heads, group, dim], keys and values [kv_heads, B, L, dim], mask [B, 1, 1, L] -> like q.
 
     On CPU in bfloat16, SDPA's flash kernel does poorly with a handful of query rows: at batch 64 and 144 keys
     it took 1987 us per call against 414 us for this (1 thread); in float32 the two were even, so SDPA stays there.
     """
-    scores = torch.matmul(q, keys.transpose(-1, -2)).float()  # [B, kv_heads, group, Ld]
-    scores.mul_(scale).masked_fill_(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1).to(values.dtype), values)  # [B, kv_heads, group, dim]
+    batch, kv_heads, group, dim = q.shape
+    length = keys.shape[2]
+    by_head = q.transpose(0, 1).reshape(kv_heads * batch, group, dim)
+    scores = torch.bmm(by_head, keys.view(-1, length, dim).transpose(1, 2)).float()  # [kv_heads * B, group, L]
+    scores = scores.view(kv_heads, batch, group, length).mul_(scale).masked_fill_(~mask.transpose(0, 1), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(values.dtype).view(-1, group, length)
+    out = torch.bmm(probs, values.view(-1, length, dim))  # [kv_heads * B, group, dim]
+    return out.view(kv_heads, batch, group, dim).transpose(0, 1)
 
 
 def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
@@ -162,8 +200,8 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
         padded = q.new_zeros(seqs * max_q, heads, dim)
         padded.index_copy_(0, meta.prefill_q_index, q)
         padded = padded.view(seqs, max_q, heads, dim)
-    keys = gather_context(k_cache, meta.prefill_block_tables, meta.block_size)  # [P, kv_heads, Lp, dim]
-    values = gather_context(v_cache, meta.prefill_block_tables, meta.block_size)
+    keys = gather_context(k_cache, meta.prefill_block_tables).transpose(0, 1)  # [P, kv_heads, Lp, dim]
+    values = gather_context(v_cache, meta.prefill_block_tables).transpose(0, 1)
     out = F.scaled_dot_product_attention(
         padded.transpose(1, 2), keys, values, attn_mask=meta.prefill_mask, scale=scale,
         enable_gqa=keys.shape[1] != heads,
