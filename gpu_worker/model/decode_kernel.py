@@ -13,6 +13,7 @@ import logging
 import time
 
 import torch
+import torch._inductor.config
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ def compiled_decode_or_none(k_cache: torch.Tensor, v_cache: torch.Tensor, group:
     tables = torch.tensor([[0, 1], [1, 0], [0, 0]], device=k_cache.device).clamp(max=num_blocks - 1)
     lens = torch.tensor([2 * block_size, block_size + 1, 1], device=k_cache.device).clamp(max=num_blocks * block_size)
     start = time.perf_counter()
-    try:
-        with torch.inference_mode():
+    try:  # one compile thread: more would start a pool of compiler processes that outlives the compile
+        with torch.inference_mode(), torch._inductor.config.patch(compile_threads=1):
             q = torch.randn(3, kv_heads, group, dim, device=k_cache.device).to(k_cache.dtype)
             got = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5)
             expected = paged_decode_attention(q, k_cache, v_cache, tables, lens, dim**-0.5)
