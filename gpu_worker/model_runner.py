@@ -12,6 +12,7 @@ from gpu_worker.batch import SampledToken, ScheduledChunk
 from gpu_worker.config import ATTENTION_BACKENDS
 from gpu_worker.model import KVCache, ModelConfig, allocate_kv_cache, build_metadata, load_model
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
+from gpu_worker.model.packed_linear import can_pack, pack_linears
 from gpu_worker.sampler import Sampler
 from protocol.messages import SamplingParams
 
@@ -50,6 +51,9 @@ class TorchRunner:
         self.max_running = max_running
         self.context_length = self.model_config.context_length
         self.model = load_model(model_dir, self.model_config, self.device, self.dtype, self.context_length)
+        if can_pack(self.device, self.dtype):
+            self.model.untie_lm_head()
+            log.info("prepacked %d linear layers for oneDNN", pack_linears(self.model))
         self.num_kv_blocks = num_kv_blocks if num_kv_blocks is not None else self._blocks_for_budget(kv_cache_mb)
         if self.num_kv_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {self.num_kv_blocks}")

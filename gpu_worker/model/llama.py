@@ -103,5 +103,13 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [S, hidden] of the rows that sample -> logits [S, vocab] float32."""
-        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        if self.lm_head is None:
+            return F.linear(hidden, self.embed_tokens.weight).float()
+        return self.lm_head(hidden).float()
+
+    def untie_lm_head(self) -> None:
+        """Give tied embeddings a Linear of their own for the logits (which pack_linears can then prepack)."""
+        if self.lm_head is None:
+            self.lm_head = nn.Linear(self.config.hidden_size, self.config.vocab_size, bias=False,
+                                     device=self.embed_tokens.weight.device, dtype=self.embed_tokens.weight.dtype)
+            self.lm_head.weight = self.embed_tokens.weight

@@ -1,0 +1,58 @@
+"""Linear layers whose weights are prepacked once into oneDNN's blocked layout, for bfloat16 on CPU.
+
+nn.Linear hands oneDNN a plain [out, in] weight, which it reorders into the layout its AMX / AVX512-BF16 kernels read
+at every call: the weights cross memory twice per step. Prepacked at load, they cross once. On the 97M Llama (2 threads,
+AMX) a 768 -> 2304 projection took 257 -> 148 us at 64 rows and 143 -> 100 us at one row.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+BATCH_HINT = 64  # rows oneDNN picks the packing for; any row count runs on it (checked at 1..512 rows)
+
+
+class PackedLinear(nn.Module):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT))
+        self.register_buffer("bias", None if bias is None else bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    """bfloat16 on a CPU whose oneDNN build has bf16 kernels, and packing that gives F.linear's results."""
+    if device.type != "cpu" or dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return False
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 32, generator=generator).to(dtype)
+    bias = torch.randn(48, generator=generator).to(dtype)
+    rows = torch.randn(5, 32, generator=generator).to(dtype)
+    with torch.inference_mode():
+        got, expected = PackedLinear(weight, bias)(rows), F.linear(rows, weight, bias)
+    if not torch.allclose(got.float(), expected.float(), atol=0.1, rtol=0.02):
+        log.warning("oneDNN prepacked linears disagree with F.linear; keeping plain weights")
+        return False
+    return True
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Swap every nn.Linear of `model` for a PackedLinear in place; how many were swapped."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                swapped += 1
+    return swapped
