@@ -11,6 +11,7 @@ import zmq
 
 from gpu_worker.build import BuiltEngine, build_engine
 from gpu_worker.config import WorkerConfig
+from gpu_worker.heap import heap_trimmer
 from protocol import ProtocolError, decode, encode
 from protocol.messages import (
     TO_WORKER,
@@ -43,16 +44,22 @@ class WorkerLoop:
         self.stopping = False
         self.bad_frames = 0
         self.parent_pid = os.getppid()
+        self.trim_heap = heap_trimmer()
 
     def run(self) -> int:
         next_stats = 0.0
+        was_busy = False
         while not self.stopping:
             now = time.monotonic()
             idle_ms = 0 if self.engine.has_work() else max(0.0, next_stats - now) * 1000
             if self.dealer.poll(idle_ms, zmq.POLLIN):
                 self._drain_messages()
-            if self.engine.has_work():
+            busy = self.engine.has_work()
+            if busy:
                 self._send_step()
+            elif was_busy:
+                self.trim_heap()
+            was_busy = busy
             self._send_rejections()
             if time.monotonic() >= next_stats:
                 self._send_stats()
