@@ -71,7 +71,8 @@ class TorchRunner:
             return []
         self._check(chunks)
         # Decodes (one new token) first, then prefill chunks: attention batches each group in one call.
-        decodes = [c for c in chunks if len(c.token_ids) == 1]
+        # Longest context first, so that attention can pad each group of similar lengths to its own longest.
+        decodes = sorted((c for c in chunks if len(c.token_ids) == 1), key=lambda c: c.start_pos, reverse=True)
         prefills = [c for c in chunks if len(c.token_ids) > 1]
         bs = self.block_size
         input_ids: list[int] = []

@@ -74,7 +74,7 @@ def bare_forward(model_dir: str, dtype: str, batch: int, steps: int) -> float:
     tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(batch)]
     pos = PROMPT_LEN
     slots = [t[pos // bs] * bs + pos % bs for t in tables]
-    meta = build_metadata(slots, tables, [pos + 1] * batch, [], [], [], bs, runner.device)
+    meta = build_metadata(slots, tables, [pos + 1] * batch, [], [], [], bs, runner.device, runner.decode_kernel)
     ids = torch.randint(4, 8000, (batch,))
     positions = torch.full((batch,), pos)
     with torch.inference_mode():

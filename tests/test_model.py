@@ -309,3 +309,15 @@ def test_compiled_decode_reads_the_paged_cache_in_place(dtype):
             assert got.dtype == dtype
             torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
     assert expected.shape == q.float().shape
+
+def test_decode_rows_are_split_where_padding_would_double_their_length():
+    from gpu_worker.model.attention import split_by_length
+
+    # blocks of 16: 2000 keys = 125 blocks, 100 keys = 7 blocks, 60 = 4, 30 = 2
+    assert split_by_length([2000, 100, 100, 60, 30, 17], 16) == [(0, 1), (1, 4), (4, 6)]
+    assert split_by_length([100, 90, 70], 16) == [(0, 3)]
+    assert split_by_length([], 16) == []
+    meta = build_metadata([0, 1, 2], [[0] * 125, [1] * 7, [2] * 7], [2000, 100, 97], [], [], [], 16,
+                          torch.device("cpu"))
+    assert [(s.start, s.end, tuple(s.block_tables.shape)) for s in meta.decode_segments] == [(0, 1, (1, 125)),
+                                                                                              (1, 3, (2, 7))]

@@ -42,15 +42,40 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V is written
     num_decode_tokens: int  # the first num_decode_tokens tokens are decodes, one per sequence
     block_size: int
-    decode_block_tables: torch.Tensor | None  # [B, blocks] int64: each decode sequence's blocks, padded with 0
-    decode_context_lens: torch.Tensor | None  # [B] int64: keys of each decode sequence, the new one included
-    decode_mask: torch.Tensor | None  # [B, 1, 1, Ld] bool, Ld = blocks * block_size: True where a key is context
+    decode_segments: tuple[DecodeSegment, ...]  # the decode rows, in order, in groups of similar context length
     prefill_q_index: torch.Tensor | None  # [Tp] int64: row of each prefill token in the padded [P * Qmax] queries
     prefill_block_tables: torch.Tensor | None  # [P, blocks] int64: each prefill sequence's blocks, padded with 0
     prefill_mask: torch.Tensor | None  # [P, 1, Qmax, Lp] bool: causal, offset by the cached prefix
     num_prefill_seqs: int = 0
     prefill_max_q: int = 0
-    decode_kernel: DecodeKernel | None = None  # reads the cache in place; None: gather, then matmuls or SDPA
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeSegment:
+    """Decode rows start..end of a step, padded to the longest context among them, not to the step's longest: one
+    long sequence (a 2000-token stream among 64-token ones) would otherwise make every row read 2000 keys."""
+
+    start: int
+    end: int
+    block_tables: torch.Tensor  # [n, blocks] int64: each sequence's blocks, padded with 0
+    context_lens: torch.Tensor  # [n] int64: keys of each sequence, the new one included
+    mask: torch.Tensor | None  # [n, 1, 1, L] bool, L = blocks * block_size, for the gather path; None with a kernel
+    kernel: DecodeKernel | None  # reads the cache in place; None: gather, then matmuls or SDPA
+
+
+def split_by_length(context_lens: list[int], block_size: int) -> list[tuple[int, int]]:
+    """(start, end) row ranges: a new one begins where a row needs at most half the blocks of its range's first row,
+    so that no range pads its rows to more than twice their own length when the rows come longest first."""
+    ranges: list[tuple[int, int]] = []
+    start, first_blocks = 0, -(-context_lens[0] // block_size) if context_lens else 0
+    for row, n in enumerate(context_lens):
+        blocks = -(-n // block_size)
+        if 2 * blocks <= first_blocks:
+            ranges.append((start, row))
+            start, first_blocks = row, blocks
+    if context_lens:
+        ranges.append((start, len(context_lens)))
+    return ranges
 
 
 def gather_context(cache: torch.Tensor, block_tables: torch.Tensor) -> torch.Tensor:
@@ -84,16 +109,17 @@ def build_metadata(
             return host.pin_memory().to(device, non_blocking=True)
         return host.to(device)
 
-    decode_tables = decode_lens = decode_mask = None
-    if len(decode_context_lens) < SMALL_DECODE_BATCH:
-        decode_kernel = None  # a call of the compiled kernel costs more than it saves on so few rows
-    if decode_context_lens:
-        padded = _pad(decode_block_tables, decode_context_lens, block_size)
-        decode_tables = to_device(padded)
-        decode_lens = to_device(decode_context_lens)
-        if decode_kernel is None:
+    segments = []
+    for start, end in split_by_length(decode_context_lens, block_size):
+        lens = decode_context_lens[start:end]
+        padded = _pad(decode_block_tables[start:end], lens, block_size)
+        # Below SMALL_DECODE_BATCH rows a call of the compiled kernel costs more than it saves.
+        kernel = decode_kernel if end - start >= SMALL_DECODE_BATCH else None
+        lens_tensor, mask = to_device(lens), None
+        if kernel is None:
             keys = torch.arange(len(padded[0]) * block_size, device=device)
-            decode_mask = (keys < decode_lens.unsqueeze(1))[:, None, None, :]
+            mask = (keys < lens_tensor.unsqueeze(1))[:, None, None, :]
+        segments.append(DecodeSegment(start, end, to_device(padded), lens_tensor, mask, kernel))
     prefill_q_index = prefill_tables = prefill_mask = None
     max_q = max(prefill_query_lens, default=0)
     if prefill_query_lens:
@@ -108,15 +134,12 @@ def build_metadata(
         slot_mapping=to_device(slot_mapping),
         block_size=block_size,
         num_decode_tokens=len(decode_context_lens),
-        decode_block_tables=decode_tables,
-        decode_context_lens=decode_lens,
-        decode_mask=decode_mask,
+        decode_segments=tuple(segments),
         prefill_q_index=prefill_q_index,
         prefill_block_tables=prefill_tables,
         prefill_mask=prefill_mask,
         num_prefill_seqs=len(prefill_query_lens),
         prefill_max_q=max_q,
-        decode_kernel=decode_kernel,
     )
 
 
@@ -150,23 +173,27 @@ def paged_attention(
 
 def _decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
             scale: float) -> torch.Tensor:
-    """q [B, heads, dim], one query per sequence -> [B, heads, dim]."""
-    assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
+    """q [B, heads, dim], one query per sequence -> [B, heads, dim], one call per segment of similar lengths."""
+    parts = [_decode_segment(q[seg.start:seg.end], k_cache, v_cache, seg, scale) for seg in meta.decode_segments]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _decode_segment(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seg: DecodeSegment,
+                    scale: float) -> torch.Tensor:
     batch, heads, dim = q.shape
     kv_heads = k_cache.shape[0]
     # The query heads sharing a kv head become that head's query rows, so K/V are never expanded.
-    grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # [B, kv_heads, group, dim]
-    if meta.decode_kernel is not None:
-        out = meta.decode_kernel(grouped, k_cache, v_cache, meta.decode_block_tables, meta.decode_context_lens, scale)
-        return out.reshape(batch, heads, dim)
-    assert meta.decode_mask is not None
-    keys = gather_context(k_cache, meta.decode_block_tables)  # [kv_heads, B, Ld, dim]
-    values = gather_context(v_cache, meta.decode_block_tables)
+    grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # [n, kv_heads, group, dim]
+    if seg.kernel is not None:
+        return seg.kernel(grouped, k_cache, v_cache, seg.block_tables, seg.context_lens, scale).reshape(batch, heads, dim)
+    assert seg.mask is not None
+    keys = gather_context(k_cache, seg.block_tables)  # [kv_heads, n, L, dim]
+    values = gather_context(v_cache, seg.block_tables)
     if q.device.type == "cpu" and q.dtype != torch.float32 and batch >= SMALL_DECODE_BATCH:
-        out = _decode_by_matmul(grouped, keys, values, meta.decode_mask, scale)
+        out = _decode_by_matmul(grouped, keys, values, seg.mask, scale)
     else:
         out = F.scaled_dot_product_attention(grouped, keys.transpose(0, 1), values.transpose(0, 1),
-                                             attn_mask=meta.decode_mask, scale=scale)
+                                             attn_mask=seg.mask, scale=scale)
     return out.reshape(batch, heads, dim)
 
 
