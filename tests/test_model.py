@@ -313,9 +313,9 @@ def test_compiled_decode_reads_the_paged_cache_in_place(dtype):
 def test_decode_rows_are_split_where_padding_would_double_their_length():
     from gpu_worker.model.attention import split_by_length
 
-    # blocks of 16: 2000 keys = 125 blocks, 100 keys = 7 blocks, 60 = 4, 30 = 2
-    assert split_by_length([2000, 100, 100, 60, 30, 17], 16) == [(0, 1), (1, 4), (4, 6)]
-    assert split_by_length([100, 90, 70], 16) == [(0, 3)]
+    # blocks of 16: 2000 keys = 125 blocks, 100 keys = 7, 60 = 4, 30 = 2, 17 = 2, 16 = 1
+    assert split_by_length([2000, 100, 100, 60, 30, 17, 16], 16) == [(0, 1), (1, 6), (6, 7)]
+    assert split_by_length([128, 100, 64], 16) == [(0, 3)]  # 8 and 4 blocks: padding 2x is kept
     assert split_by_length([], 16) == []
     meta = build_metadata([0, 1, 2], [[0] * 125, [1] * 7, [2] * 7], [2000, 100, 97], [], [], [], 16,
                           torch.device("cpu"))
