@@ -153,7 +153,8 @@ class TorchRunner:
         if attention == "eager" or (attention == "auto" and self.device.type != "cpu"):
             return None
         k_cache, v_cache = self.kv_cache[0]
-        kernel = compiled_decode_or_none(k_cache, v_cache, self.model_config.num_heads // self.model_config.num_kv_heads)
+        group = self.model_config.num_heads // self.model_config.num_kv_heads
+        kernel = compiled_decode_or_none(k_cache, v_cache, group)
         if kernel is None and attention == "compiled":
             raise RuntimeError("--attention compiled: torch.compile could not build the decode attention (see log)")
         return kernel

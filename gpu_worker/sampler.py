@@ -18,6 +18,10 @@ import torch
 from gpu_worker.batch import SampledToken, ScheduledChunk
 from protocol.messages import SamplingParams
 
+# Temperatures below this are greedy, as in vLLM: logits / 3e-45 overflow to inf and the softmax to NaN, which sampled
+# a token id past the vocabulary (found by tests/test_fuzz_sampling.py).
+GREEDY_BELOW = 1e-5
+
 
 class Sampler:
     def __init__(self, device: torch.device):
@@ -37,7 +41,7 @@ class Sampler:
             raw_logprobs = torch.log_softmax(logits[self._index(rows)], dim=-1)  # [R, vocab]
         logits = self._apply_penalties(logits, chunks, params)
         logits = self._mask_min_tokens(logits, chunks, params)
-        if all(p.temperature == 0 for p in params):
+        if all(p.temperature < GREEDY_BELOW for p in params):
             token_ids = logits.argmax(dim=-1)  # [S]
         else:
             token_ids = self._draw(logits, chunks, params)
@@ -89,7 +93,7 @@ class Sampler:
     # ------------------------------------------------------------------ drawing
 
     def _draw(self, logits: torch.Tensor, chunks: list[ScheduledChunk], params: list[SamplingParams]) -> torch.Tensor:
-        temperature = self._column([p.temperature or 1.0 for p in params])  # [S, 1]
+        temperature = self._column([p.temperature if p.temperature >= GREEDY_BELOW else 1.0 for p in params])  # [S,1]
         scaled = logits / temperature
         if any(p.top_k is not None or p.top_p < 1.0 for p in params):
             scaled = self._top_k_top_p(scaled, params)
@@ -106,9 +110,9 @@ class Sampler:
         # Kept strictly below the total, the draw always lands where the CDF rises: on a token of probability > 0.
         target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
         sampled = torch.searchsorted(cdf, target, right=True).squeeze(1)  # [S]
-        if not any(p.temperature == 0 for p in params):
+        if not any(p.temperature < GREEDY_BELOW for p in params):
             return sampled
-        greedy = self._column([p.temperature == 0 for p in params], torch.bool).squeeze(1)  # [S]
+        greedy = self._column([p.temperature < GREEDY_BELOW for p in params], torch.bool).squeeze(1)  # [S]
         return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
     def _top_k_top_p(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:

@@ -321,3 +321,12 @@ def test_decode_rows_are_split_where_padding_would_double_their_length():
                           torch.device("cpu"))
     assert [(s.start, s.end, tuple(s.block_tables.shape)) for s in meta.decode_segments] == [(0, 1, (1, 125)),
                                                                                               (1, 3, (2, 7))]
+
+
+def test_bucket_sizes_are_few_and_never_smaller():
+    from gpu_worker.model.buckets import bucket
+
+    sizes = {bucket(n) for n in range(1, 8193)}
+    assert all(bucket(n) >= n for n in range(1, 8193))
+    assert all(bucket(n) - n < 8 for n in range(1, 513))
+    assert len(sizes) < 200

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gpu_worker.model.buckets import bucket
+
 PAD_FACTOR = 4  # a decode row is never padded to more than this many times its own blocks
 SMALL_DECODE_BATCH = 8  # below this many decodes, SDPA's kernel is faster on CPU
 # (q [B, kv_heads, group, dim], k_cache, v_cache, block_tables [B, blocks], context_lens [B], scale) -> like q
@@ -124,10 +126,11 @@ def build_metadata(
             mask = (keys < lens_tensor.unsqueeze(1))[:, None, None, :]
         segments.append(DecodeSegment(start, end, to_device(padded), lens_tensor, mask, kernel))
     prefill_q_index = prefill_tables = prefill_mask = None
-    max_q = max(prefill_query_lens, default=0)
+    # Query rows and key blocks padded to buckets, so that SDPA sees a bounded set of shapes (see buckets.py).
+    max_q = bucket(max(prefill_query_lens, default=0))
     if prefill_query_lens:
         ends = [s + q for s, q in zip(prefill_start_pos, prefill_query_lens)]
-        padded = _pad(prefill_block_tables, ends, block_size)
+        padded = _pad(prefill_block_tables, ends, block_size, bucketed=True)
         prefill_tables = to_device(padded)
         prefill_q_index = to_device([row * max_q + i for row, q in enumerate(prefill_query_lens) for i in range(q)])
         query_pos = to_device(prefill_start_pos)[:, None] + torch.arange(max_q, device=device)  # [P, Qmax]
@@ -146,10 +149,10 @@ def build_metadata(
     )
 
 
-def _pad(tables: list[list[int]], lengths: list[int], block_size: int) -> list[list[int]]:
-    """Each table cut to the blocks its context uses, then padded with block 0 to the longest."""
+def _pad(tables: list[list[int]], lengths: list[int], block_size: int, bucketed: bool = False) -> list[list[int]]:
+    """Each table cut to the blocks its context uses, then padded with block 0 to the longest (or to its bucket)."""
     used = [-(-n // block_size) for n in lengths]
-    width = max(used)
+    width = bucket(max(used)) if bucketed else max(used)
     return [table[:n] + [0] * (width - n) for table, n in zip(tables, used)]
 
 
@@ -188,7 +191,8 @@ def _decode_segment(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     # The query heads sharing a kv head become that head's query rows, so K/V are never expanded.
     grouped = q.view(batch, kv_heads, heads // kv_heads, dim)  # [n, kv_heads, group, dim]
     if seg.kernel is not None:
-        return seg.kernel(grouped, k_cache, v_cache, seg.block_tables, seg.context_lens, scale).reshape(batch, heads, dim)
+        out = seg.kernel(grouped, k_cache, v_cache, seg.block_tables, seg.context_lens, scale)
+        return out.reshape(batch, heads, dim)
     assert seg.mask is not None
     keys = gather_context(k_cache, seg.block_tables)  # [kv_heads, n, L, dim]
     values = gather_context(v_cache, seg.block_tables)
@@ -224,8 +228,8 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
     assert meta.prefill_block_tables is not None and meta.prefill_mask is not None and meta.prefill_q_index is not None
     tokens, heads, dim = q.shape
     seqs, max_q = meta.num_prefill_seqs, meta.prefill_max_q
-    if seqs == 1:
-        padded = q.unsqueeze(0)  # [1, Tp, heads, dim]: one chunk needs no padding
+    if seqs == 1 and tokens == max_q:
+        padded = q.unsqueeze(0)  # [1, Tp, heads, dim]: one chunk of a bucket's length needs no padding
     else:
         padded = q.new_zeros(seqs * max_q, heads, dim)
         padded.index_copy_(0, meta.prefill_q_index, q)
@@ -237,4 +241,4 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
         enable_gqa=keys.shape[1] != heads,
     )  # [P, heads, Qmax, dim]
     out = out.transpose(1, 2).reshape(seqs * max_q, heads, dim)
-    return out if seqs == 1 else out[meta.prefill_q_index]
+    return out if seqs == 1 and tokens == max_q else out[meta.prefill_q_index]

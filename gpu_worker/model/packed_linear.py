@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gpu_worker.model.buckets import bucket
+
 log = logging.getLogger(__name__)
 
 BATCH_HINT = 64  # rows oneDNN picks the packing for; any row count runs on it (checked at 1..512 rows)
@@ -26,7 +28,12 @@ class PackedLinear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        rows = x.shape[0]
+        padded = bucket(rows)  # a bounded set of row counts: see buckets.py
+        if padded != rows:
+            x = F.pad(x, (0, 0, 0, padded - rows))  # [padded, in]
+        out = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+        return out if padded == rows else out[:rows]
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
