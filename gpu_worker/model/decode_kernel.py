@@ -26,7 +26,8 @@ def paged_decode_attention(
     context_lens: torch.Tensor,  # [B] int64: keys of each sequence, the new one included
     scale: float,
 ) -> torch.Tensor:  # [B, kv_heads, group, dim]
-    kv_heads, batch, blocks, block_size, dim = k_cache[:, block_tables].shape
+    kv_heads, _, block_size, dim = k_cache.shape
+    batch, blocks = block_tables.shape
     # Keys and values stay split by block: [B, kv_heads, 1, blocks, block_size, dim]. Summing over (block, row) rather
     # than one flat key axis lets inductor vectorise the value sum along dim; flat, it gathered element by element.
     keys = k_cache[:, block_tables].permute(1, 0, 2, 3, 4).unsqueeze(2)
