@@ -44,7 +44,6 @@ class AttentionMetadata:
 
     slot_mapping: torch.Tensor  # [T] int64: where each new token's K/V is written
     num_decode_tokens: int  # the first num_decode_tokens tokens are decodes, one per sequence
-    block_size: int
     decode_segments: tuple[DecodeSegment, ...]  # the decode rows, in order, in groups of similar context length
     prefill_q_index: torch.Tensor | None  # [Tp] int64: row of each prefill token in the padded [P * Qmax] queries
     prefill_block_tables: torch.Tensor | None  # [P, blocks] int64: each prefill sequence's blocks, padded with 0
@@ -71,15 +70,16 @@ def split_by_length(context_lens: list[int], block_size: int) -> list[tuple[int,
     first row, so that no range pads its rows to more than 4x their own length when the rows come longest first.
     (At half, a 64-in/64-out load split most steps in two, and the second call per layer cost more than the padding
     it saved: built-in model at 64 streams, 5261 against 5933 tok/s.)"""
+    if not context_lens:
+        return []
     ranges: list[tuple[int, int]] = []
-    start, first_blocks = 0, -(-context_lens[0] // block_size) if context_lens else 0
+    start, first_blocks = 0, -(-context_lens[0] // block_size)
     for row, n in enumerate(context_lens):
         blocks = -(-n // block_size)
         if PAD_FACTOR * blocks <= first_blocks:
             ranges.append((start, row))
             start, first_blocks = row, blocks
-    if context_lens:
-        ranges.append((start, len(context_lens)))
+    ranges.append((start, len(context_lens)))
     return ranges
 
 
@@ -138,7 +138,6 @@ def build_metadata(
         prefill_mask = (keys <= query_pos.unsqueeze(-1)).unsqueeze(1)  # [P, 1, Qmax, Lp]
     return AttentionMetadata(
         slot_mapping=to_device(slot_mapping),
-        block_size=block_size,
         num_decode_tokens=len(decode_context_lens),
         decode_segments=tuple(segments),
         prefill_q_index=prefill_q_index,
@@ -228,8 +227,9 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
     assert meta.prefill_block_tables is not None and meta.prefill_mask is not None and meta.prefill_q_index is not None
     tokens, heads, dim = q.shape
     seqs, max_q = meta.num_prefill_seqs, meta.prefill_max_q
-    if seqs == 1 and tokens == max_q:
-        padded = q.unsqueeze(0)  # [1, Tp, heads, dim]: one chunk of a bucket's length needs no padding
+    unpadded = seqs == 1 and tokens == max_q  # one chunk of a bucket's length
+    if unpadded:
+        padded = q.unsqueeze(0)  # [1, Tp, heads, dim]
     else:
         padded = q.new_zeros(seqs * max_q, heads, dim)
         padded.index_copy_(0, meta.prefill_q_index, q)
@@ -241,4 +241,4 @@ def _prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta
         enable_gqa=keys.shape[1] != heads,
     )  # [P, heads, Qmax, dim]
     out = out.transpose(1, 2).reshape(seqs * max_q, heads, dim)
-    return out if seqs == 1 and tokens == max_q else out[meta.prefill_q_index]
+    return out if unpadded else out[meta.prefill_q_index]
