@@ -103,6 +103,7 @@ def _worker_report(state: RouterState, slot, now: float) -> dict[str, Any]:
         "running": stats.running if stats else 0,
         "waiting": stats.waiting if stats else 0,
         "kv_usage": slot.kv_usage,
+        "kv_capacity_tokens": slot.handshake.kv_capacity_tokens if slot.handshake else None,
         "steps_done": stats.steps_done if stats else 0,
         "progressing": not slot.outstanding or now - slot.last_progress <= state.config.stall_timeout,
     }

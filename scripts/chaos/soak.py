@@ -2,9 +2,11 @@
 of whose requests are dropped by the client at a random moment.
 
 Before the measured run, a warm-up fills the workers' prefix caches with long unique prompts: the cache keeps the
-hashes of freed KV blocks until their blocks are reused, so it grows until it covers the whole KV pool (16384
-blocks on sim) and then stays there. Without the warm-up, that bounded filling (about 15 MB per sim worker) is what
-a 10-minute soak measures.
+hashes of freed KV blocks until their blocks are reused, so it grows until it covers the whole KV pool and then
+stays there. Without the warm-up, that bounded filling (about 15 MB per worker of 16384 blocks) is what a 10-minute
+soak measures. The warm-up is sized by the workers' KV capacity (from /ready), with a quarter to spare: a fixed 200
+prompts of the built-in model's 2032 tokens covered only 78% of its pools, and the soak then measured the last 22%
+filling (an in-process run of the engine alone: +10 MB, then flat once the cache was full).
 
 Bars: each process's RSS slope (least squares over the samples after the first sixth of the run) is at most
 1 MB/min; no error other than the injected disconnects; no worker restart and no bad frame.
@@ -13,19 +15,20 @@ Bars: each process's RSS slope (least squares over the samples after the first s
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 
 from .client import completion_body, request, session
 from .report import Options, Result
-from .server import family, metrics, process_rss, workers
+from .server import context_length, family, metrics, process_rss, workers
 
 FULL_DURATION_S = 600.0
 CLIENTS = 32
 SAMPLE_EVERY_S = 5.0
 DROP_P = 0.1
 SLOPE_BAR_MB_PER_MIN = 1.0
-WARMUP_PROMPTS = 200  # x ~250 full blocks each: more than two sim workers' 2 x 16384 KV blocks
+WARMUP_SPARE = 1.25  # warm-up prompt tokens over the workers' total KV capacity
 
 
 async def run(start, opt: Options) -> Result:
@@ -36,8 +39,9 @@ async def run(start, opt: Options) -> Result:
     errors: dict[str, int] = {}
     samples: list[tuple[float, dict[str, float]]] = []
     async with session() as http:
-        pids = [w["pid"] for w in await workers(http, server.url)]
-        warmed = await _fill_prefix_caches(http, server, rng)
+        pool = await workers(http, server.url)
+        pids = [w["pid"] for w in pool]
+        warmed = await _fill_prefix_caches(http, server, rng, sum(w["kv_capacity_tokens"] for w in pool))
         began = time.monotonic()
         stop_at = began + duration
 
@@ -82,11 +86,11 @@ async def run(start, opt: Options) -> Result:
     return result
 
 
-async def _fill_prefix_caches(http, server, rng: random.Random) -> int:
-    """Long prompts of random token ids (max_tokens 1), 8 at a time; how many completed."""
-    async with http.get(server.url + "/v1/models") as response:
-        context = (await response.json())["data"][0]["max_model_len"]
-    length = min(4000, context - 16)
+async def _fill_prefix_caches(http, server, rng: random.Random, kv_tokens: int) -> int:
+    """Long prompts of random token ids (max_tokens 1), 8 at a time, WARMUP_SPARE times the KV capacity in all; how
+    many completed."""
+    length = min(4000, await context_length(http, server.url) - 16)
+    prompts = 8 * math.ceil(WARMUP_SPARE * kv_tokens / length / 8)
     done = 0
 
     async def one() -> None:
@@ -95,7 +99,7 @@ async def _fill_prefix_caches(http, server, rng: random.Random) -> int:
         outcome = await request(http, server.url, "/v1/completions", body, 120)
         done += outcome.ok
 
-    for _ in range(WARMUP_PROMPTS // 8):
+    for _ in range(prompts // 8):
         await asyncio.gather(*(one() for _ in range(8)))
     return done
 
