@@ -127,7 +127,7 @@ class WorkerLoop:
         deltas = self.engine.step()
         if deltas:
             c = self.config
-            self.push.send(encode(StepOutputs(c.worker_id, c.epoch, self.engine.steps_done, deltas)))
+            self.push.send(encode(StepOutputs.from_deltas(c.worker_id, c.epoch, self.engine.steps_done, deltas)))
 
     def _send_rejections(self) -> None:
         for r in self.engine.take_rejections():

@@ -8,6 +8,7 @@ Never pickle.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import types
 import typing
 from collections.abc import Callable
@@ -33,13 +34,31 @@ def _bad(path: str, expected: str, value: Any) -> ProtocolError:
     return ProtocolError(f"{path}: expected {expected}, got {type(value).__name__}")
 
 
-def _exact(kind: type) -> Decoder:
-    def decode(value: Any, path: str) -> Any:
-        if type(value) is not kind:
-            raise _bad(path, kind.__name__, value)
+_NONE = type(None)
+_EXACT_KINDS = (int, str, bool, _NONE)  # checked by `type(v) is kind`; float is not: it also takes ints
+
+
+def _exact_kinds(annotation: Any) -> frozenset[type] | None:
+    """The exact types an annotation of plain scalars allows (`int`, `str | int | None`), else None."""
+    options = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    return frozenset(options) if all(o in _EXACT_KINDS for o in options) else None
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _names(kinds: frozenset[type]) -> str:
+    return " | ".join(sorted("null" if k is _NONE else k.__name__ for k in kinds))
+
+
+def _scalar(kinds: frozenset[type]) -> Decoder:
+    def decode_scalar(value: Any, path: str) -> Any:
+        if type(value) not in kinds:
+            raise _bad(path, _names(kinds), value)
         return value
 
-    return decode
+    return decode_scalar
 
 
 def _float(value: Any, path: str) -> float:
@@ -50,43 +69,50 @@ def _float(value: Any, path: str) -> float:
     raise _bad(path, "float", value)
 
 
-_PRIMITIVES: dict[Any, Decoder] = {int: _exact(int), str: _exact(str), bool: _exact(bool), float: _float}
+def _optional(inner: Decoder) -> Decoder:
+    def decode_optional(value: Any, path: str) -> Any:
+        return None if value is None else inner(value, path)
+
+    return decode_optional
 
 
-def _union(options: tuple[Any, ...]) -> Decoder:
-    allow_none = type(None) in options
-    inner = [_decoder_for(o) for o in options if o is not type(None)]
-    if len(inner) == 1:
-        only = inner[0]
+_LIST = frozenset({list})
 
-        def decode_optional(value: Any, path: str) -> Any:
-            return None if value is None and allow_none else only(value, path)
 
-        return decode_optional
-    kinds = {o for o in options if o is not type(None)}
-    if not kinds <= {int, str}:
-        raise TypeError(f"unsupported union {options}")
+def _scalar_list(kinds: frozenset[type]) -> Decoder:
+    """A list of plain scalars is checked in one pass with no Python call per item: `kinds.issuperset(map(type, ...))`
+    runs in C, and stops at the first item of another type."""
 
-    def decode_union(value: Any, path: str) -> Any:
-        if (value is None and allow_none) or type(value) in kinds:
-            return value
-        raise _bad(path, " | ".join(sorted(k.__name__ for k in kinds)), value)
+    def decode_scalar_list(value: Any, path: str) -> list:
+        if type(value) is not list:
+            raise _bad(path, "array", value)
+        if not kinds.issuperset(map(type, value)):
+            raise ProtocolError(f"{path}: expected array of {_names(kinds)}")
+        return value
 
-    return decode_union
+    return decode_scalar_list
+
+
+def _scalar_list_list(kinds: frozenset[type]) -> Decoder:
+    """A list of lists of plain scalars (a column of token ids): two flat passes, no call per row."""
+
+    def decode_scalar_list_list(value: Any, path: str) -> list:
+        if type(value) is not list or not _LIST.issuperset(map(type, value)):
+            raise ProtocolError(f"{path}: expected array of arrays")
+        if not kinds.issuperset(map(type, itertools.chain.from_iterable(value))):
+            raise ProtocolError(f"{path}: expected array of arrays of {_names(kinds)}")
+        return value
+
+    return decode_scalar_list_list
 
 
 def _list(item: Any) -> Decoder:
+    kinds = _exact_kinds(item)
+    if kinds is not None:
+        return _scalar_list(kinds)
+    if typing.get_origin(item) is list and (inner_kinds := _exact_kinds(typing.get_args(item)[0])) is not None:
+        return _scalar_list_list(inner_kinds)
     item_decode = _decoder_for(item)
-    if item in (int, str):
-
-        def decode_plain_list(value: Any, path: str) -> list:
-            if type(value) is not list:
-                raise _bad(path, "array", value)
-            if not all(type(v) is item for v in value):
-                raise ProtocolError(f"{path}: expected array of {item.__name__}")
-            return value
-
-        return decode_plain_list
 
     def decode_list(value: Any, path: str) -> list:
         if type(value) is not list:
@@ -98,25 +124,32 @@ def _list(item: Any) -> Decoder:
 
 def _struct(cls: type) -> Decoder:
     hints = typing.get_type_hints(cls)
-    fields = [(f.name, _decoder_for(hints[f.name])) for f in dataclasses.fields(cls)]
+    fields = [_decoder_for(hints[f.name]) for f in dataclasses.fields(cls)]
     name = cls.__name__
 
     def decode_struct(value: Any, path: str) -> Any:
         if type(value) is not list or len(value) != len(fields):
             raise ProtocolError(f"{path}: expected {name} as an array of {len(fields)} fields")
-        return cls(*[decode(v, path) for (_, decode), v in zip(fields, value)])
+        values = [decode(v, path) for decode, v in zip(fields, value)]
+        try:
+            return cls(*values)
+        except ValueError as exc:  # a message's own check, e.g. StepOutputs' columns of one length
+            raise ProtocolError(f"{path}: {exc}") from None
 
     return decode_struct
 
 
 def _decoder_for(annotation: Any) -> Decoder:
-    if annotation in _PRIMITIVES:
-        return _PRIMITIVES[annotation]
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return _union(typing.get_args(annotation))
-    if origin is list:
-        return _list(typing.get_args(annotation)[0])
+    kinds = _exact_kinds(annotation)
+    if kinds is not None:
+        return _scalar(kinds)
+    if annotation is float:
+        return _float
+    args = [a for a in typing.get_args(annotation) if a is not _NONE]
+    if _is_union(annotation) and len(args) == 1:
+        return _optional(_decoder_for(args[0]))
+    if typing.get_origin(annotation) is list:
+        return _list(args[0])
     if dataclasses.is_dataclass(annotation):
         return _struct(annotation)
     raise TypeError(f"unsupported wire annotation {annotation!r}")
@@ -136,17 +169,16 @@ def _encoder_for(cls: type) -> Encoder:
 
 
 def _value_encoder(annotation: Any) -> Encoder | None:
+    """How to turn a value into msgpack-ready data, or None where it already is (no struct inside)."""
     if dataclasses.is_dataclass(annotation):
         return _encoder_for(annotation)
-    origin = typing.get_origin(annotation)
-    args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType) and len(args) == 1:
-        inner = _value_encoder(args[0])
-        return None if inner is None else (lambda v: None if v is None else inner(v))
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        item = _encoder_for(args[0])
-        return lambda values: [item(v) for v in values]
-    return None
+    args = [a for a in typing.get_args(annotation) if a is not _NONE]
+    inner = _value_encoder(args[0]) if len(args) == 1 else None
+    if inner is None:
+        return None
+    if typing.get_origin(annotation) is list:
+        return lambda values: [inner(v) for v in values]
+    return lambda v: None if v is None else inner(v)
 
 
 _MESSAGE_TYPES = messages.TO_WORKER + messages.TO_ROUTER

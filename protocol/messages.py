@@ -1,15 +1,18 @@
 """One typed class per wire message between the router and its workers.
 
 Every message is a frozen dataclass. Its fields are plain msgpack types (int, float, str, bool, None, lists) or other
-message structs, so the codec can check each frame against these annotations. Nothing here imports torch or aiohttp.
+message structs, so the codec can check each frame against these annotations. `SequenceDelta` alone is no wire
+struct: it is one row of a columnar `StepOutputs`. Nothing here imports torch or aiohttp.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -81,9 +84,10 @@ class TokenLogprob:
     top: list[TopLogprob]
 
 
-@dataclass(frozen=True, slots=True)
-class SequenceDelta:
-    """What one sequence (one choice of one request) produced in one engine step."""
+class SequenceDelta(NamedTuple):
+    """What one sequence (one choice of one request) produced in one engine step: one row of a StepOutputs.
+
+    A NamedTuple rather than a frozen dataclass because the engine builds one per running sequence per step."""
 
     request_id: str
     index: int
@@ -158,12 +162,42 @@ class StartupFailed:
 
 @dataclass(frozen=True, slots=True)
 class StepOutputs:
-    """One frame per engine step, carrying every sequence that produced something in that step."""
+    """One frame per engine step, carrying every sequence that produced something in that step.
+
+    Columnar: one list per SequenceDelta field, row i of every column belonging to the same sequence, so the codec
+    checks a column at a time instead of building and checking a struct per sequence."""
 
     worker_id: int
     epoch: int
     step: int
-    deltas: list[SequenceDelta]
+    request_ids: list[str]
+    indexes: list[int]
+    token_ids: list[list[int]]
+    texts: list[str]
+    finish_reasons: list[str | None]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    cached_tokens: list[int]
+    logprobs: list[list[TokenLogprob] | None]
+    stop_reasons: list[str | int | None]
+
+    def __post_init__(self) -> None:
+        lengths = {len(column) for column in self._columns()}
+        if len(lengths) > 1:
+            raise ValueError(f"StepOutputs columns differ in length: {sorted(lengths)}")
+
+    @classmethod
+    def from_deltas(cls, worker_id: int, epoch: int, step: int, deltas: list[SequenceDelta]) -> StepOutputs:
+        columns = [list(column) for column in zip(*deltas)] or [[] for _ in SequenceDelta._fields]
+        return cls(worker_id, epoch, step, *columns)
+
+    def deltas(self) -> Iterator[SequenceDelta]:
+        """The rows, one per sequence, in frame order."""
+        return map(SequenceDelta._make, zip(*self._columns()))
+
+    def _columns(self) -> tuple[list, ...]:
+        return (self.request_ids, self.indexes, self.token_ids, self.texts, self.finish_reasons, self.prompt_tokens,
+                self.completion_tokens, self.cached_tokens, self.logprobs, self.stop_reasons)
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,7 @@ class Dispatcher:
         slot.last_heartbeat = slot.last_progress = now
         generated = 0
         finished = False
-        for delta in message.deltas:
+        for delta in message.deltas():
             generated += len(delta.token_ids)
             stream = slot.outstanding.get(delta.request_id)
             if stream is None:

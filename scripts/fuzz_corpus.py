@@ -18,7 +18,9 @@ HUGE_HEADERS = [  # msgpack headers that announce far more than the frame holds
     b"\xdd\xff\xff\xff\xff", b"\xdc\xff\xff", b"\xdb\xff\xff\xff\xff", b"\xc6\xff\xff\xff\xff",
     b"\xdf\xff\xff\xff\xff", b"\xc9\xff\xff\xff\xff\x01", b"\xd9\xff",
 ]
-WRONG_VERSIONS = [0, 2, -1, 2**64 - 1, "1", 1.0, None, True, [1], b"\x01"]
+WRONG_VERSIONS = [0, PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, -1, 2**64 - 1, str(PROTOCOL_VERSION),
+                  float(PROTOCOL_VERSION), None, True, [PROTOCOL_VERSION], bytes([PROTOCOL_VERSION])]
+ENVELOPE_START = bytes([0x93, PROTOCOL_VERSION])  # msgpack: an array of 3, then the version
 
 
 def random_value(rng: random.Random, depth: int = 0):
@@ -69,7 +71,7 @@ def bad_frames(rng: random.Random, samples: list[bytes], unexpected: list[bytes]
             frame = rng.choice(samples)
             yield "truncated", [frame[:rng.randrange(len(frame))]], 1
         elif kind == 3:
-            yield "huge length", [rng.choice([b"", b"\x93\x01"]) + rng.choice(HUGE_HEADERS) + rng.randbytes(8)], 1
+            yield "huge length", [rng.choice([b"", ENVELOPE_START]) + rng.choice(HUGE_HEADERS) + rng.randbytes(8)], 1
         elif kind == 4:
             _, name, fields = msgpack.unpackb(rng.choice(samples), raw=False)
             yield "wrong version", [pack([rng.choice(WRONG_VERSIONS), name, fields])], 1
@@ -110,7 +112,8 @@ def decodes(frame: bytes, expect: tuple[type, ...] | None = None) -> bool:
 
 def router_samples(worker_id: int, epoch: int) -> list[bytes]:
     delta = SequenceDelta("cmpl-x", 0, [1, 2], "ab", None, 3, 2, logprobs=None)
-    return [encode(StepOutputs(worker_id, epoch, 1, [delta])), encode(WorkerStats(worker_id, epoch, 0, 0, 0, 1, 0.1, 1, 0)),
+    return [encode(StepOutputs.from_deltas(worker_id, epoch, 1, [delta])),
+            encode(WorkerStats(worker_id, epoch, 0, 0, 0, 1, 0.1, 1, 0)),
             encode(RequestError(worker_id, epoch, "cmpl-x", "x", "y", 400)), encode(Goodbye(worker_id, epoch))]
 
 

@@ -93,7 +93,7 @@ def _await_finish(pull: zmq.Socket, request_id: str) -> bool:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline and pull.poll(1000):
         message = decode(pull.recv())
-        if type(message) is StepOutputs and any(d.request_id == request_id and d.finish_reason for d in message.deltas):
+        if type(message) is StepOutputs and any(d.request_id == request_id and d.finish_reason for d in message.deltas()):
             return True
     return False
 
@@ -141,11 +141,11 @@ async def _fuzz_router(server, count: int, rng) -> Result:
                 await push.send_multipart(parts)
                 bad += len(parts)
                 if rng.random() < 0.05:
-                    await push.send(encode(StepOutputs(0, epoch + 100, 1, [])))  # a stale epoch
+                    await push.send(encode(StepOutputs.from_deltas(0, epoch + 100, 1, [])))  # a stale epoch
                     stale += 1
                 if rng.random() < 0.05:  # unknown request ids from the live worker: dropped quietly
                     delta = SequenceDelta(f"cmpl-nobody-{bad}", 0, [1], "x", "stop", 1, 1)
-                    await push.send(encode(StepOutputs(0, epoch, 1, [delta])))
+                    await push.send(encode(StepOutputs.from_deltas(0, epoch, 1, [delta])))
                     await push.send(encode(RequestError(0, epoch, f"cmpl-nobody-{bad}", "x", "y", 400)))
                     unknown += 2
             counted = counted_stale = 0

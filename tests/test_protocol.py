@@ -31,8 +31,10 @@ def strategy_for(annotation) -> st.SearchStrategy:
         return st.lists(strategy_for(typing.get_args(annotation)[0]), max_size=4)
     if origin is not None:  # a union
         return st.one_of([strategy_for(a) for a in typing.get_args(annotation)])
-    hints = typing.get_type_hints(annotation)
-    fields = {f.name: strategy_for(hints[f.name]) for f in dataclasses.fields(annotation)}
+    if annotation is m.StepOutputs:  # its columns must be of one length, so build it from rows
+        rows = st.lists(strategy_for(m.SequenceDelta), max_size=4)
+        return st.builds(m.StepOutputs.from_deltas, ints, ints, ints, rows)
+    fields = {name: strategy_for(hint) for name, hint in typing.get_type_hints(annotation).items()}
     return st.builds(annotation, **fields)
 
 
@@ -97,9 +99,54 @@ def test_expect_rejects_messages_meant_for_the_other_side():
 
 def test_a_whole_step_is_one_small_frame():
     deltas = [m.SequenceDelta(f"req-{i}", 0, [i], "tok", None, 10, i) for i in range(64)]
-    frame = encode(m.StepOutputs(0, 0, 1, deltas))
+    frame = encode(m.StepOutputs.from_deltas(0, 0, 1, deltas))
     assert len(frame) < 64 * 40
-    assert decode(frame).deltas == deltas
+    assert list(decode(frame).deltas()) == deltas
+
+
+def test_step_outputs_are_columns_that_round_trip_to_the_same_rows():
+    logprobs = [m.TokenLogprob(7, "a", -0.25, [m.TopLogprob(7, "a", -0.25), m.TopLogprob(8, "b", -2.0)])]
+    deltas = [
+        m.SequenceDelta("r1", 0, [7], "a", None, 5, 1, 2, logprobs),
+        m.SequenceDelta("r1", 1, [9, 10], "xy", "stop", 5, 2, 2, None, 42),
+        m.SequenceDelta("r2", 0, [], "", "stop", 3, 4, 0, [], "END"),
+    ]
+    message = m.StepOutputs.from_deltas(1, 2, 3, deltas)
+    assert message.request_ids == ["r1", "r1", "r2"] and message.token_ids == [[7], [9, 10], []]
+    assert message.finish_reasons == [None, "stop", "stop"] and message.stop_reasons == [None, 42, "END"]
+    decoded = decode(encode(message))
+    assert decoded == message
+    assert list(decoded.deltas()) == deltas
+    assert m.StepOutputs.from_deltas(1, 2, 3, []) == m.StepOutputs(1, 2, 3, *[[]] * 10)
+
+
+def step_frame_with(column: str, value) -> bytes:
+    """A valid two-row StepOutputs frame with one column replaced."""
+    deltas = [m.SequenceDelta("r1", 0, [1], "a", None, 3, 1), m.SequenceDelta("r2", 0, [2], "b", "length", 3, 1)]
+    fields = msgpack.unpackb(encode(m.StepOutputs.from_deltas(0, 0, 1, deltas)))[2]
+    fields[[f.name for f in dataclasses.fields(m.StepOutputs)].index(column)] = value
+    return msgpack.packb([PROTOCOL_VERSION, "StepOutputs", fields])
+
+
+@pytest.mark.parametrize("column, value, error", [
+    ("indexes", [0], "differ in length"),
+    ("logprobs", [None, None, None], "differ in length"),
+    ("indexes", [0, True], "array of int"),
+    ("prompt_tokens", [3, False], "array of int"),
+    ("token_ids", [[1], [2.0]], "arrays of int"),
+    ("token_ids", [[1], 2], "array of arrays"),
+    ("texts", "ab", "array"),
+    ("finish_reasons", None, "array"),
+    ("stop_reasons", [None, 1.5], "array of int | null | str"),
+])
+def test_malformed_step_columns_are_protocol_errors(column, value, error):
+    with pytest.raises(ProtocolError, match=error):
+        decode(step_frame_with(column, value))
+
+
+def test_step_outputs_reject_columns_of_unequal_length():
+    with pytest.raises(ValueError, match="differ in length"):
+        m.StepOutputs(0, 0, 1, ["r1"], [0], [[1]], ["a"], [None], [3], [1], [0], [None], [])
 
 
 def test_run_directory_is_private_and_removed():

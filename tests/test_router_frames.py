@@ -10,6 +10,7 @@ import msgpack
 import zmq
 import zmq.asyncio
 
+from protocol import PROTOCOL_VERSION
 from protocol.codec import encode
 from protocol.messages import Handshake, SequenceDelta, StepOutputs, WorkerStats
 from protocol.sockets import make_socket, worker_identity
@@ -23,10 +24,10 @@ async def test_bad_and_stale_frames_are_dropped_and_counted(start_router):
     push = make_socket(ctx, zmq.PUSH, connect=f"ipc://{run_dir}/outputs.sock", linger_ms=1000)
     dealer = make_socket(ctx, zmq.DEALER, connect=f"ipc://{run_dir}/requests.sock", identity=worker_identity(0, 9))
     try:
-        bad = [b"not msgpack \xc1", msgpack.packb([1, "NoSuchMessage", []]), msgpack.packb([99, "Goodbye", [0, 0]]),
-               msgpack.packb([1, "WorkerStats", ["zero", 0]])]
+        bad = [b"not msgpack \xc1", msgpack.packb([PROTOCOL_VERSION, "NoSuchMessage", []]),
+               msgpack.packb([99, "Goodbye", [0, 0]]), msgpack.packb([PROTOCOL_VERSION, "WorkerStats", ["zero", 0]])]
         stale = [
-            encode(StepOutputs(0, 9, 1, [SequenceDelta("cmpl-nobody", 0, [1], "x", None, 1, 1)])),
+            encode(StepOutputs.from_deltas(0, 9, 1, [SequenceDelta("cmpl-nobody", 0, [1], "x", None, 1, 1)])),
             encode(WorkerStats(7, 0, 0, 0, 0, 1, 0.0, 0, 0)),
         ]
         for frame in bad + stale:

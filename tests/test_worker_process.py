@@ -61,7 +61,7 @@ class RouterEnd:
             msg = self.history[seen]
             seen += 1
             if isinstance(msg, m.StepOutputs):
-                for d in msg.deltas:
+                for d in msg.deltas():
                     if d.request_id in done:
                         done[d.request_id].append(d)
                         if d.finish_reason is not None:
@@ -120,10 +120,10 @@ def test_worker_serves_streams_aborts_and_survives_garbage(router_end, model):
         router_end.send(chat)
         router_end.send(request("too-long", prompt="word " * 5000))
         router_end.send(request("long", max_tokens=2000, ignore_eos=True))
-        first = router_end.wait_for(lambda x: isinstance(x, m.StepOutputs) and any(d.request_id == "long" for d in x.deltas))
+        first = router_end.wait_for(lambda x: isinstance(x, m.StepOutputs) and any(d.request_id == "long" for d in x.deltas()))
         assert first.worker_id == 3 and first.epoch == 7
 
-        garbage = [os.urandom(50), b"", encode(m.Goodbye(0, 0)), b"\x93\x01\xa5Abort\x91\xc0", b"\xff" * 2000]
+        garbage = [os.urandom(50), b"", encode(m.Goodbye(0, 0)), b"\x93\x02\xa5Abort\x91\xc0", b"\xff" * 2000]
         for frame in garbage:
             router_end.send_raw(frame)
         router_end.send_raw(encode(m.Drain()), encode(m.Drain()))  # two frames where one is expected
