@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from gpu_worker.batch import SampledToken, ScheduledChunk
 from gpu_worker.config import ATTENTION_BACKENDS
 from gpu_worker.model import KVCache, ModelConfig, allocate_kv_cache, build_metadata, load_model
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
-from gpu_worker.model.packed_linear import can_pack, pack_linears
+from gpu_worker.model.packed_linear import can_pack, pack_linears, warm_every_bucket
 from gpu_worker.sampler import Sampler
 from protocol.messages import SamplingParams
 
@@ -51,7 +52,8 @@ class TorchRunner:
         self.max_running = max_running
         self.context_length = self.model_config.context_length
         self.model = load_model(model_dir, self.model_config, self.device, self.dtype, self.context_length)
-        if can_pack(self.device, self.dtype):
+        self.packed = can_pack(self.device, self.dtype)
+        if self.packed:
             self.model.untie_lm_head()
             log.info("prepacked %d linear layers for oneDNN", pack_linears(self.model))
         self.num_kv_blocks = num_kv_blocks if num_kv_blocks is not None else self._blocks_for_budget(kv_cache_mb)
@@ -124,6 +126,11 @@ class TorchRunner:
                   for i, (t, c) in enumerate(zip(tokens, first))])
         for chunk in first:
             self.release(chunk.seq_id)
+        if self.packed:
+            start = time.perf_counter()
+            calls = warm_every_bucket(self.model, max(self.max_batched_tokens, self.max_running))
+            log.info("ran the prepacked linears at every bucketed size (%d calls) in %.1f s", calls,
+                     time.perf_counter() - start)
 
     # ------------------------------------------------------------------ helpers
 

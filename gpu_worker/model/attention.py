@@ -117,9 +117,10 @@ def build_metadata(
     segments = []
     for start, end in split_by_length(decode_context_lens, block_size):
         lens = decode_context_lens[start:end]
-        padded = _pad(decode_block_tables[start:end], lens, block_size)
-        # Below SMALL_DECODE_BATCH rows a call of the compiled kernel costs more than it saves.
+        # Below SMALL_DECODE_BATCH rows a call of the compiled kernel costs more than it saves. The gather path's
+        # key blocks are bucketed, as SDPA keeps memory per shape; the kernel's graph takes any width.
         kernel = decode_kernel if end - start >= SMALL_DECODE_BATCH else None
+        padded = _pad(decode_block_tables[start:end], lens, block_size, bucketed=kernel is None)
         lens_tensor, mask = to_device(lens), None
         if kernel is None:
             keys = torch.arange(len(padded[0]) * block_size, device=device)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpu_worker.model.buckets import bucket
+from gpu_worker.model.buckets import bucket, buckets_up_to
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +63,21 @@ def pack_linears(model: nn.Module) -> int:
                 setattr(parent, name, PackedLinear(child.weight, child.bias))
                 swapped += 1
     return swapped
+
+
+def warm_every_bucket(model: nn.Module, max_rows: int) -> int:
+    """Run each distinct PackedLinear shape once at every bucketed row count up to max_rows; how many calls.
+
+    oneDNN keeps memory for each shape it meets (see buckets.py), so meeting them all at start-up puts that memory
+    before the first request: a serving worker then stops growing as soon as it starts, instead of creeping up for
+    the minutes a load takes to visit its rarer step sizes.
+    """
+    layers = {(m.in_features, m.out_features): m for m in model.modules() if isinstance(m, PackedLinear)}
+    calls = 0
+    with torch.inference_mode():
+        for layer in layers.values():
+            weight = layer.packed_weight
+            for rows in buckets_up_to(max_rows):
+                layer(torch.zeros(rows, layer.in_features, dtype=weight.dtype, device=weight.device))
+                calls += 1
+    return calls
