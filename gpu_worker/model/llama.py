@@ -8,7 +8,9 @@ from torch import nn
 
 from gpu_worker.model.attention import AttentionMetadata, paged_attention
 from gpu_worker.model.config import ModelConfig
-from gpu_worker.model.rope import RotaryEmbedding
+from gpu_worker.model.rope import RotaryEmbedding, rotate
+
+Angles = tuple[torch.Tensor, torch.Tensor]  # RoPE cos, sin of a step's positions, each [T, 1, dim / 2]
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: K and V of [slots, kv_heads, head_dim]
 
@@ -27,24 +29,24 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, rope: RotaryEmbedding):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, config.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
-        self.rope = rope
         self.scale = self.head_dim**-0.5
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata,
+    def forward(self, angles: Angles, x: torch.Tensor, meta: AttentionMetadata,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
         tokens = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(tokens, self.num_heads, self.head_dim)  # [T, heads, dim]
-        k = k.view(tokens, self.num_kv_heads, self.head_dim)  # [T, kv_heads, dim]
-        v = v.view(tokens, self.num_kv_heads, self.head_dim)
-        q, k = self.rope(positions, q, k)
+        qkv = self.qkv_proj(x)  # [T, q_size + 2 * kv_size]
+        qk_size = self.q_size + self.kv_size
+        # q and k heads rotated together: one set of RoPE ops per layer instead of two
+        qk = rotate(qkv[:, :qk_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim), *angles)
+        q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]  # [T, heads, dim], [T, kv_heads, dim]
+        v = qkv[:, qk_size:].view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, heads, dim]
         return self.o_proj(out.reshape(tokens, self.q_size))
 
@@ -64,16 +66,16 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, rope: RotaryEmbedding):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, rope)
+        self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata,
+    def forward(self, angles: Angles, hidden: torch.Tensor, meta: AttentionMetadata,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), meta, k_cache, v_cache)
+        hidden = hidden + self.self_attn(angles, self.input_layernorm(hidden), meta, k_cache, v_cache)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -83,10 +85,11 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, rope: RotaryEmbedding):
         super().__init__()
         self.config = config
+        self.rope = rope
         # _weight skips the random init (on the meta device, normal_ alone would cost a 2 s import).
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
                                          _weight=torch.empty(config.vocab_size, config.hidden_size))
-        self.layers = nn.ModuleList(DecoderLayer(config, rope) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         if config.tie_word_embeddings:
             self.lm_head = None
@@ -97,8 +100,9 @@ class LlamaForCausalLM(nn.Module):
                 kv_cache: KVCache) -> torch.Tensor:
         """input_ids [T], positions [T] -> final hidden states [T, hidden]."""
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
+        angles = self.rope.angles(positions)
         for layer, (k_cache, v_cache) in zip(self.layers, kv_cache, strict=True):
-            hidden = layer(positions, hidden, meta, k_cache, v_cache)
+            hidden = layer(angles, hidden, meta, k_cache, v_cache)
         return self.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

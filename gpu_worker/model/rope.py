@@ -97,13 +97,12 @@ class RotaryEmbedding:
         self.sin = (freqs.sin() * scale).to(device=device, dtype=dtype)
         self.max_positions = max_positions
 
-    def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions [T]; q [T, heads, dim]; k [T, kv_heads, dim] -> rotated q, k."""
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, dim / 2]
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    def angles(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [T] -> cos, sin [T, 1, dim / 2]: looked up once per step, shared by every layer."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, dim] (q and k heads together) -> rotated, contiguous."""
     x1, x2 = x.chunk(2, dim=-1)  # [T, heads, dim / 2] each
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
