@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
     if args.json is not None:
         args.json.write_text(json.dumps([{"scenario": r.scenario, "ok": r.ok, "figures": r.figures,
-                                          "missed": r.missed()} for r in results], indent=2, default=str))
+                                          "missed": r.missed(), **r.series} for r in results], indent=2, default=str))
     print(f"logs in {log_dir}", file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1
 

@@ -18,6 +18,7 @@ class Result:
     scenario: str
     figures: dict[str, object] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    series: dict[str, list] = field(default_factory=dict)  # samples over time: in the JSON, not on the line
 
     def check(self, bar: str, ok: bool, *, timing: bool = False) -> None:
         self.checks.append(Check(bar, bool(ok), timing))

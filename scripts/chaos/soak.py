@@ -80,6 +80,7 @@ async def run(start, opt: Options) -> Result:
         "restarts": final.get("gpupool_worker_restarts_total", 0.0),
         "bad_frames": family(final, "gpupool_bad_frames_total"),
     })
+    result.series["rss_mb"] = [[round(t, 3), {name: round(mb, 1) for name, mb in rss.items()}] for t, rss in samples]
     result.check(f"RSS slope <= {SLOPE_BAR_MB_PER_MIN:g} MB/min", all(s <= SLOPE_BAR_MB_PER_MIN for s in slopes.values()))
     result.check("no error but the injected ones", not errors)
     result.check("no restart, no bad frame", result.figures["restarts"] == 0 and result.figures["bad_frames"] == 0)
