@@ -329,3 +329,24 @@ def test_bucket_sizes_are_few_and_never_smaller():
     assert [bucket(n) for n in range(1, 17)] == list(range(1, 17))
     assert len({bucket(n) for n in range(1, 4097)}) == 48
     assert len(sizes) < 60
+
+
+def test_warm_up_runs_each_distinct_linear_shape_at_every_bucket():
+    from gpu_worker.model.buckets import bucket, buckets_up_to
+    from gpu_worker.model.packed_linear import PackedLinear, can_pack, pack_linears, warm_every_bucket
+
+    if not can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this CPU's oneDNN has no bf16 kernels")
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(32, 48), torch.nn.Linear(48, 16)).bfloat16()
+    pack_linears(model)
+    seen: dict[int, list[tuple[int, int]]] = {}
+    for i, layer in enumerate(model):
+        assert isinstance(layer, PackedLinear)
+        layer.register_forward_hook(lambda m, args, out, i=i: seen.setdefault(i, []).append((args[0].shape[0],
+                                                                                             out.shape[0])))
+    calls = warm_every_bucket(model, 40)
+    assert buckets_up_to(40) == sorted({bucket(n) for n in range(1, 41)})
+    assert calls == 2 * len(buckets_up_to(40))  # the two 32 -> 48 layers share one shape: run once
+    rows = sorted(r for shapes in seen.values() for r, _ in shapes)
+    assert rows == sorted(buckets_up_to(40) * 2)
+    assert all(r == out for shapes in seen.values() for r, out in shapes)
