@@ -31,6 +31,10 @@ from protocol.sockets import Addresses, make_socket, worker_identity
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES_PER_DRAIN = 4096  # a flood of requests must not starve the running batch
+# Under unbroken load the worker never falls idle, so the idle-time trim never runs and one burst's freed heap
+# stays counted in RSS for good (a soak's +3 and +7 MB steps at minute 6, then flat). malloc_trim took 0.5 ms on
+# its first call and microseconds after, so every 30 s costs nothing measurable.
+BUSY_TRIM_INTERVAL_S = 30.0
 
 
 class WorkerLoop:
@@ -45,6 +49,7 @@ class WorkerLoop:
         self.bad_frames = 0
         self.parent_pid = os.getppid()
         self.trim_heap = heap_trimmer()
+        self.next_busy_trim = time.monotonic() + BUSY_TRIM_INTERVAL_S
 
     def run(self) -> int:
         next_stats = 0.0
@@ -57,8 +62,9 @@ class WorkerLoop:
             busy = self.engine.has_work()
             if busy:
                 self._send_step()
-            elif was_busy:
+            if (was_busy and not busy) or (busy and now >= self.next_busy_trim):
                 self.trim_heap()
+                self.next_busy_trim = time.monotonic() + BUSY_TRIM_INTERVAL_S
             was_busy = busy
             self._send_rejections()
             if time.monotonic() >= next_stats:
