@@ -3,11 +3,18 @@
 nn.Linear hands oneDNN a plain [out, in] weight, which it reorders into the layout its AMX / AVX512-BF16 kernels read
 at every call: the weights cross memory twice per step. Prepacked at load, they cross once. On the 97M Llama (2 threads,
 AMX) a 768 -> 2304 projection took 257 -> 148 us at 64 rows and 143 -> 100 us at one row.
+
+A oneDNN bf16 call also costs about 25 us however small it is, where a float32 matmul of a small layer at a few rows
+takes 5-15 us (256 -> 768 at one row: 27 against 8 us). So each distinct layer shape is timed both ways at start-up,
+at every bucketed row count up to FLOAT32_MAX_ROWS, and keeps a float32 copy of its weight for the counts where
+float32 wins clearly. On larger layers it never does, and they keep no copy.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,18 +25,26 @@ from gpu_worker.model.buckets import bucket, buckets_up_to
 log = logging.getLogger(__name__)
 
 BATCH_HINT = 64  # rows oneDNN picks the packing for; any row count runs on it (checked at 1..512 rows)
+FLOAT32_MAX_ROWS = 64  # past this AMX's bf16 won at every layer shape measured
+FLOAT32_MARGIN = 0.8  # float32 is taken at a row count where it costs at most this fraction of the packed call
+TIMING_REPEATS = 5
 
 
 class PackedLinear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, float32_rows: frozenset[int] = frozenset()):
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight.detach(), BATCH_HINT))
         self.register_buffer("bias", None if bias is None else bias.detach())
+        self.float32_rows = float32_rows  # bucketed row counts served by the float32 copy
+        self.register_buffer("float32_weight", weight.detach().float() if float32_rows else None)
+        self.register_buffer("float32_bias", None if bias is None or not float32_rows else bias.detach().float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, in] -> [T, out]
         rows = x.shape[0]
         padded = bucket(rows)  # a bounded set of row counts: see buckets.py
+        if padded in self.float32_rows:
+            return F.linear(x.float(), self.float32_weight, self.float32_bias).to(x.dtype)
         if padded != rows:
             x = F.pad(x, (0, 0, 0, padded - rows))  # [padded, in]
         out = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
@@ -57,12 +72,45 @@ def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
 def pack_linears(model: nn.Module) -> int:
     """Swap every nn.Linear of `model` for a PackedLinear in place; how many were swapped."""
     swapped = 0
+    float32_rows: dict[tuple[int, int, bool], frozenset[int]] = {}  # timed once per distinct shape
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
-                setattr(parent, name, PackedLinear(child.weight, child.bias))
+                shape = (child.in_features, child.out_features, child.bias is not None)
+                if shape not in float32_rows:
+                    float32_rows[shape] = float32_faster_rows(child.weight, child.bias)
+                    log.info("linear %d -> %d: float32 at rows %s", shape[0], shape[1],
+                             sorted(float32_rows[shape]) or "none")
+                setattr(parent, name, PackedLinear(child.weight, child.bias, float32_rows[shape]))
                 swapped += 1
     return swapped
+
+
+def float32_faster_rows(weight: torch.Tensor, bias: torch.Tensor | None) -> frozenset[int]:
+    """The bucketed row counts, up to FLOAT32_MAX_ROWS, at which a float32 matmul beats the packed bf16 call."""
+    packed = PackedLinear(weight, bias)
+    weight32 = weight.detach().float()
+    bias32 = None if bias is None else bias.detach().float()
+    faster = set()
+    with torch.inference_mode():
+        for rows in buckets_up_to(FLOAT32_MAX_ROWS):
+            x = torch.randn(rows, weight.shape[1]).to(weight.dtype)
+            packed_s = _best_time(lambda: packed(x))
+            float32_s = _best_time(lambda: F.linear(x.float(), weight32, bias32).to(x.dtype))
+            if float32_s < FLOAT32_MARGIN * packed_s:
+                faster.add(rows)
+    return frozenset(faster)
+
+
+def _best_time(call: Callable[[], object]) -> float:
+    """The fastest of a few timed calls after one untimed: the least disturbed by whatever else shares the CPU."""
+    call()
+    best = float("inf")
+    for _ in range(TIMING_REPEATS):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def warm_every_bucket(model: nn.Module, max_rows: int) -> int:
