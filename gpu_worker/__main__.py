@@ -21,7 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="builtin", help="builtin, a local Hugging Face directory, or sim:STEP_MS")
     p.add_argument("--dtype", default="auto", choices=DTYPES)
     p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS,
-                   help="decode attention: compiled (in place, torch.compile), eager (gather + matmul), auto")
+                   help="decode attention: native (C), compiled (torch.compile), eager (gather + matmul), auto")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--max-running", type=int, default=256, help="sequences decoded together")
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="tokens computed per step")

@@ -9,7 +9,7 @@ from protocol.sockets import Addresses
 
 BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("auto", "compiled", "eager")  # auto: compiled on CPU, eager on CUDA
+ATTENTION_BACKENDS = ("auto", "native", "compiled", "eager")  # auto: native, else compiled on CPU; eager on CUDA
 
 
 @dataclass(frozen=True)

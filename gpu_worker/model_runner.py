@@ -12,7 +12,9 @@ import torch
 from gpu_worker.batch import SampledToken, ScheduledChunk
 from gpu_worker.config import ATTENTION_BACKENDS
 from gpu_worker.model import KVCache, ModelConfig, allocate_kv_cache, build_metadata, load_model
+from gpu_worker.model.attention import DecodeKernel
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
+from gpu_worker.model.native_decode import native_decode_or_none
 from gpu_worker.model.packed_linear import can_pack, pack_linears, warm_every_bucket
 from gpu_worker.sampler import Sampler
 from protocol.messages import SamplingParams
@@ -152,18 +154,20 @@ class TorchRunner:
             return host.pin_memory().to(self.device, non_blocking=True)
         return host
 
-    def _decode_kernel(self, attention: str):
-        """The compiled in-place decode attention on CPU (auto or compiled), else None: gather, then matmuls/SDPA.
-
-        On CUDA the eager path serves: inductor's kernel was written and measured for the CPU only.
-        """
+    def _decode_kernel(self, attention: str) -> DecodeKernel | None:
+        """Decode attention that reads the cache in place, on CPU: the C kernel (native), else inductor's (compiled).
+        None: gather, then matmuls or SDPA (eager, and on CUDA, where neither kernel was written or measured)."""
         if attention == "eager" or (attention == "auto" and self.device.type != "cpu"):
             return None
         k_cache, v_cache = self.kv_cache[0]
         group = self.model_config.num_heads // self.model_config.num_kv_heads
-        kernel = compiled_decode_or_none(k_cache, v_cache, group)
-        if kernel is None and attention == "compiled":
-            raise RuntimeError("--attention compiled: torch.compile could not build the decode attention (see log)")
+        kernel: DecodeKernel | None = None
+        if attention in ("auto", "native"):
+            kernel = native_decode_or_none(k_cache, v_cache, group)
+        if kernel is None and attention in ("auto", "compiled"):
+            kernel = compiled_decode_or_none(k_cache, v_cache, group)
+        if kernel is None and attention != "auto":
+            raise RuntimeError(f"--attention {attention}: the decode attention kernel could not be built (see log)")
         return kernel
 
     def _blocks_for_budget(self, kv_cache_mb: int | None) -> int:

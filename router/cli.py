@@ -25,7 +25,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--port", type=int, default=defaults.port)
     add("--dtype", choices=DTYPES, default=defaults.dtype)
     add("--attention", choices=ATTENTION_BACKENDS, default=defaults.attention,
-        help="decode attention: compiled in place by torch.compile, eager (gather + matmul); auto: compiled on CPU")
+        help="decode attention on CPU: native (a C loop over the cache, built at start-up), compiled (torch.compile), "
+             "eager (gather + matmul); auto: native, else compiled")
     add("--served-model-name", default=None, help="the model name clients use (default: the worker's)")
     add("--api-key", action="append", default=[], help="require Authorization: Bearer KEY on /v1/*; repeatable")
     add("--max-queue", type=int, default=defaults.max_queue, help="requests admitted but not yet running")

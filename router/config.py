@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("auto", "compiled", "eager")
+ATTENTION_BACKENDS = ("auto", "native", "compiled", "eager")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 

@@ -24,7 +24,7 @@ def main() -> None:
     p.add_argument("--model", default="gpu_worker/builtin")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=96, help="tokens already cached per sequence")
-    p.add_argument("--attention", default="auto", choices=("auto", "compiled", "eager"))
+    p.add_argument("--attention", default="auto", choices=("auto", "native", "compiled", "eager"))
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=10)

@@ -89,13 +89,13 @@ def test_varlen_prefill_logits_match_transformers(checkpoints, variant):
         row += len(prompt)
 
 
-@pytest.mark.parametrize("attention", ["compiled", "eager"])
+@pytest.mark.parametrize("attention", ["native", "compiled", "eager"])
 @pytest.mark.parametrize("variant", ["llama", "qwen2-tied"])
 def test_batched_greedy_decode_matches_generate(checkpoints, variant, attention):
     path, reference = checkpoints[variant]
     runner = TorchRunner(path, dtype="float32", block_size=BLOCK, num_kv_blocks=8 * 16, attention=attention)
-    assert (runner.decode_kernel is not None) == (attention == "compiled")
-    assert len(PROMPTS) >= 8  # enough decodes in a step for the compiled kernel to serve them
+    assert (runner.decode_kernel is not None) == (attention != "eager")
+    assert len(PROMPTS) >= 8  # enough decodes in a step for either kernel to serve them
     new_tokens = 10
     expected = []
     for prompt in PROMPTS:
@@ -307,6 +307,29 @@ def test_compiled_decode_reads_the_paged_cache_in_place(dtype):
             assert got.dtype == dtype
             torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_decode_reads_the_paged_cache_in_place(dtype):
+    from gpu_worker.model.native_decode import native_decode_or_none
+
+    q, k_cache, v_cache, tables, lens = random_paged_cache(dtype)
+    kernel = native_decode_or_none(k_cache, v_cache, group=3)
+    assert kernel is not None and kernel.min_rows == 1
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    lens[0], lens[1] = 1, 40  # one key; every block full
+    with torch.inference_mode():
+        for rows, width in ((16, 5), (1, 5), (9, 3)):
+            lens_here = lens[:rows].clamp(max=8 * width)
+            got = kernel(q[:rows], k_cache, v_cache, tables[:rows, :width].contiguous(), lens_here, 0.2)
+            want = reference_decode(q[:rows], k_cache, v_cache, tables[:rows], lens_here, 0.2)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
+        # scores 100 apart: the softmax must subtract the maximum, or exp overflows
+        loud = q[:2] * 400
+        got = kernel(loud, k_cache, v_cache, tables[:2].contiguous(), lens[:2], 0.2)
+        torch.testing.assert_close(got.float(), reference_decode(loud, k_cache, v_cache, tables[:2], lens[:2], 0.2),
+                                   atol=tolerance, rtol=tolerance)
+
 def test_decode_rows_are_split_where_padding_would_double_their_length():
     from gpu_worker.model.attention import split_by_length
 
@@ -350,3 +373,26 @@ def test_warm_up_runs_each_distinct_linear_shape_at_every_bucket():
     rows = sorted(r for shapes in seen.values() for r, _ in shapes)
     assert rows == sorted(buckets_up_to(40) * 2)
     assert all(r == out for shapes in seen.values() for r, out in shapes)
+
+
+def test_packed_linear_serves_its_float32_rows_from_a_float32_copy():
+    from gpu_worker.model.packed_linear import FLOAT32_MAX_ROWS, PackedLinear, can_pack, float32_faster_rows
+
+    if not can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this CPU's oneDNN has no bf16 kernels")
+    torch.manual_seed(0)
+    weight, bias = torch.randn(48, 32).bfloat16(), torch.randn(48).bfloat16()
+    layer = PackedLinear(weight, bias, frozenset({1, 2}))
+    assert layer.float32_weight is not None and layer.float32_weight.dtype == torch.float32
+    with torch.inference_mode():
+        for rows in (1, 2, 3, 40):
+            x = torch.randn(rows, 32).bfloat16()
+            got = layer(x)
+            assert got.dtype == torch.bfloat16 and got.shape == (rows, 48)
+            exact = torch.nn.functional.linear(x.float(), weight.float(), bias.float())
+            if rows <= 2:  # float32 math, rounded once at the end
+                torch.testing.assert_close(got, exact.bfloat16(), atol=0, rtol=0)
+            else:
+                torch.testing.assert_close(got.float(), exact, atol=0.1, rtol=0.02)
+    assert PackedLinear(weight, bias).float32_weight is None  # no copy kept where no row count uses it
+    assert float32_faster_rows(weight, bias) <= set(range(1, FLOAT32_MAX_ROWS + 1))

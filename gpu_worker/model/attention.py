@@ -12,8 +12,8 @@ back from the cache, so a cached prefix and the new tokens are read the same way
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,18 @@ import torch.nn.functional as F
 from gpu_worker.model.buckets import bucket
 
 PAD_FACTOR = 4  # a decode row is never padded to more than this many times its own blocks
-SMALL_DECODE_BATCH = 8  # below this many decodes, SDPA's kernel is faster on CPU
-# (q [B, kv_heads, group, dim], k_cache, v_cache, block_tables [B, blocks], context_lens [B], scale) -> like q
-DecodeKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+SMALL_DECODE_BATCH = 8  # below this many decodes, SDPA's kernel is faster on CPU than two batched matmuls
+
+
+class DecodeKernel(Protocol):
+    """Decode attention that reads the cache in place (native_decode.py, decode_kernel.py)."""
+
+    min_rows: int  # segments with fewer decodes take the gather path
+
+    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+        """q [B, kv_heads, group, dim], block_tables [B, blocks], context_lens [B] -> like q."""
+        ...
 
 
 def allocate_kv_cache(num_layers: int, num_blocks: int, block_size: int, kv_heads: int, head_dim: int,
@@ -117,9 +126,8 @@ def build_metadata(
     segments = []
     for start, end in split_by_length(decode_context_lens, block_size):
         lens = decode_context_lens[start:end]
-        # Below SMALL_DECODE_BATCH rows a call of the compiled kernel costs more than it saves. The gather path's
-        # key blocks are bucketed, as SDPA keeps memory per shape; the kernel's graph takes any width.
-        kernel = decode_kernel if end - start >= SMALL_DECODE_BATCH else None
+        # The gather path's key blocks are bucketed, as SDPA keeps memory per shape; a kernel takes any width.
+        kernel = decode_kernel if decode_kernel is not None and end - start >= decode_kernel.min_rows else None
         padded = _pad(decode_block_tables[start:end], lens, block_size, bucketed=kernel is None)
         lens_tensor, mask = to_device(lens), None
         if kernel is None:

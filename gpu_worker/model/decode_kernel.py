@@ -41,8 +41,20 @@ def paged_decode_attention(
     return (weights * values.float()).sum((-3, -2)).to(q.dtype)
 
 
+def probe_inputs(k_cache: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q [3, kv_heads, group, dim], block tables and context lengths to check a kernel against the eager formula:
+    a row over two blocks, one a block and a key long, and one of a single key."""
+    kv_heads, num_blocks, block_size, dim = k_cache.shape
+    tables = torch.tensor([[0, 1], [1, 0], [0, 0]], device=k_cache.device).clamp(max=num_blocks - 1)
+    lens = torch.tensor([2 * block_size, block_size + 1, 1], device=k_cache.device).clamp(max=num_blocks * block_size)
+    q = torch.randn(3, kv_heads, group, dim, device=k_cache.device).to(k_cache.dtype)
+    return q, tables, lens
+
+
 class CompiledDecode:
     """paged_decode_attention under torch.compile, with the per-step sizes left symbolic."""
+
+    min_rows = 8  # below this many decodes, a call costs more than it saves over SDPA
 
     def __init__(self) -> None:
         self._compiled = torch.compile(paged_decode_attention, dynamic=True)
@@ -58,15 +70,14 @@ class CompiledDecode:
 def compiled_decode_or_none(k_cache: torch.Tensor, v_cache: torch.Tensor, group: int) -> CompiledDecode | None:
     """A CompiledDecode, traced on the model's own caches and checked against the eager formula; None (logged) where
     inductor cannot build one, so that the eager path serves instead."""
-    kv_heads, num_blocks, block_size, dim = k_cache.shape
+    dim = k_cache.shape[-1]
     kernel = CompiledDecode()
     # As in a step: index tensors made outside inference mode, q inside (traced otherwise, the graph would recompile).
-    tables = torch.tensor([[0, 1], [1, 0], [0, 0]], device=k_cache.device).clamp(max=num_blocks - 1)
-    lens = torch.tensor([2 * block_size, block_size + 1, 1], device=k_cache.device).clamp(max=num_blocks * block_size)
+    _, tables, lens = probe_inputs(k_cache, group)
     start = time.perf_counter()
     try:  # one compile thread: more would start a pool of compiler processes that outlives the compile
         with torch.inference_mode(), torch._inductor.config.patch(compile_threads=1):
-            q = torch.randn(3, kv_heads, group, dim, device=k_cache.device).to(k_cache.dtype)
+            q = probe_inputs(k_cache, group)[0]
             got = kernel(q, k_cache, v_cache, tables, lens, dim**-0.5)
             expected = paged_decode_attention(q, k_cache, v_cache, tables, lens, dim**-0.5)
     except Exception as exc:  # inductor needs a C++ compiler on CPU; without one the eager path serves
