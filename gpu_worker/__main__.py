@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
     p.add_argument("--kv-cache-mb", type=int, default=None, help="memory for the KV cache")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
+    p.add_argument("--tune-threads", action="store_true",
+                   help="treat --threads as the most: keep the fewest that a decode step still scales to")
     p.add_argument("--stats-interval", type=float, default=0.25, help="seconds between WorkerStats heartbeats")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
@@ -48,6 +50,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         block_size=args.block_size,
         kv_cache_mb=args.kv_cache_mb,
         threads=args.threads,
+        tune_threads=args.tune_threads,
         stats_interval=args.stats_interval,
     )
 

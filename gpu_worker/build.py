@@ -41,6 +41,8 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
             threads=config.threads,
             attention=config.attention,
         )
+        if config.tune_threads:
+            runner.tune_threads(config.threads)
         runner.warmup()
         max_positions = runner.context_length
         device = config.device

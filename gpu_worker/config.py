@@ -27,6 +27,7 @@ class WorkerConfig:
     block_size: int = 16
     kv_cache_mb: int | None = None
     threads: int | None = None
+    tune_threads: bool = False  # threads is then the most: see thread_count.py
     stats_interval: float = 0.25
 
     def __post_init__(self) -> None:

@@ -21,6 +21,10 @@ from protocol.messages import SamplingParams
 # Temperatures below this are greedy, as in vLLM: logits / 3e-45 overflow to inf and the softmax to NaN, which sampled
 # a token id past the vocabulary (found by tests/test_fuzz_sampling.py).
 GREEDY_BELOW = 1e-5
+# torch's CPU argmax walks a row one element at a time (538 us for 65 rows of 8000 logits, 1 thread), where amax is
+# vectorised (27 us). Maxima of chunks of this many logits, then argmax over the chunk maxima and within the winning
+# chunk, give the same first index in 85 us (32000 logits: 340 against 2225 us). One row is faster the plain way.
+ARGMAX_CHUNK = 64
 
 
 class Sampler:
@@ -42,7 +46,7 @@ class Sampler:
         logits = self._apply_penalties(logits, chunks, params)
         logits = self._mask_min_tokens(logits, chunks, params)
         if all(p.temperature < GREEDY_BELOW for p in params):
-            token_ids = logits.argmax(dim=-1)  # [S]
+            token_ids = row_argmax(logits)  # [S]
         else:
             token_ids = self._draw(logits, chunks, params)
         if raw_logprobs is None:
@@ -113,7 +117,7 @@ class Sampler:
         if not any(p.temperature < GREEDY_BELOW for p in params):
             return sampled
         greedy = self._column([p.temperature < GREEDY_BELOW for p in params], torch.bool).squeeze(1)  # [S]
-        return torch.where(greedy, logits.argmax(dim=-1), sampled)
+        return torch.where(greedy, row_argmax(logits), sampled)
 
     def _top_k_top_p(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         vocab = logits.shape[1]
@@ -161,6 +165,20 @@ class Sampler:
 
     def _column(self, values: list, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True).unsqueeze(1)  # [S, 1]
+
+
+def row_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits [S, vocab] -> [S] int64: each row's first index of its maximum, as torch.argmax(dim=-1)."""
+    rows, vocab = logits.shape
+    if logits.device.type != "cpu" or rows == 1 or vocab < 2 * ARGMAX_CHUNK:
+        return logits.argmax(dim=-1)
+    padded = -(-vocab // ARGMAX_CHUNK) * ARGMAX_CHUNK
+    if padded != vocab:
+        logits = torch.nn.functional.pad(logits, (0, padded - vocab), value=float("-inf"))
+    chunks = logits.contiguous().view(rows, padded // ARGMAX_CHUNK, ARGMAX_CHUNK)  # [S, chunks, ARGMAX_CHUNK]
+    best_chunk = chunks.amax(dim=-1).argmax(dim=-1)  # [S]; the first chunk holding the row's maximum
+    within = chunks[torch.arange(rows, device=logits.device), best_chunk].argmax(dim=-1)  # [S]
+    return best_chunk * ARGMAX_CHUNK + within
 
 
 def _params(chunk: ScheduledChunk) -> SamplingParams:

@@ -37,7 +37,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--shutdown-timeout", type=float, default=defaults.shutdown_timeout,
         help="seconds in-flight requests get to finish after SIGTERM")
     add("--log-level", choices=LOG_LEVELS, default=defaults.log_level)
-    add("--worker-threads", type=int, default=None, help="torch threads per worker (default: a fair share of the cores)")
+    add("--worker-threads", type=int, default=None,
+        help="torch threads per worker (default: at most a fair share of the cores, the fewest that the model's "
+        "decode step scales to, timed at start-up)")
     add("--startup-timeout", type=float, default=defaults.startup_timeout, help=argparse.SUPPRESS)
     add("--heartbeat-timeout", type=float, default=defaults.heartbeat_timeout, help=argparse.SUPPRESS)
     add("--stall-timeout", type=float, default=defaults.stall_timeout, help=argparse.SUPPRESS)

@@ -24,6 +24,8 @@ def worker_command(config: ServeConfig, addresses: Addresses, worker_id: int, ep
         "--threads", str(config.worker_threads()), "--stats-interval", str(config.stats_interval),
         "--log-level", config.log_level,
     ]
+    if config.worker_threads_override is None:
+        command.append("--tune-threads")  # the fair share is then the most; the worker keeps what its model uses
     if config.served_model_name is not None:
         command += ["--served-model-name", config.served_model_name]
     return command

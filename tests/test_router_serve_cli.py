@@ -60,3 +60,17 @@ def test_bad_flags_are_refused_with_a_message():
         done = subprocess.run([sys.executable, "-m", "router", "serve", *flags], cwd=REPO, capture_output=True,
                               text=True, timeout=60)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_workers_tune_their_threads_unless_told_a_count():
+    from protocol.sockets import Addresses
+    from router.config import ServeConfig
+    from router.worker_process import worker_command
+
+    addresses = Addresses("ipc:///tmp/r", "ipc:///tmp/o")
+    default = worker_command(ServeConfig(model="builtin", devices=("cpu",)), addresses, 0, 0, "cpu")
+    told = worker_command(ServeConfig(model="builtin", devices=("cpu",), worker_threads_override=3), addresses, 0, 0,
+                          "cpu")
+    assert "--tune-threads" in default
+    assert "--tune-threads" not in told
+    assert told[told.index("--threads") + 1] == "3"

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpu_worker.batch import ScheduledChunk
-from gpu_worker.sampler import Sampler
+from gpu_worker.sampler import Sampler, row_argmax
 from protocol.messages import SamplingParams
 
 VOCAB = 50
@@ -129,3 +129,17 @@ def test_top_p_keeps_the_nucleus_and_temperature_follows_softmax():
     torch.testing.assert_close(frequencies, expected, atol=0.03, rtol=0)
     top2 = torch.tensor(sample(logits, [chunk(i, temperature=1.0, top_k=2) for i in range(4000)]))
     assert set(top2.tolist()) == {0, 1}
+
+
+@pytest.mark.parametrize("vocab", [8000, 50257, 200])
+def test_row_argmax_gives_torch_argmax_first_index(vocab):
+    generator = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(9, vocab, generator=generator)  # [rows, vocab]
+    logits[1, :] = float("-inf")  # no finite logit: index 0
+    logits[2, 5] = logits[2, vocab - 3] = 100.0  # a tie across chunks: the first
+    logits[3, 70] = logits[3, 71] = 100.0  # a tie within a chunk
+    logits[4, vocab - 1] = 100.0  # in the padded last chunk
+    logits[5, 130] = float("nan")  # torch.argmax takes a NaN as the maximum
+    logits[6] = torch.round(logits[6])  # many ties
+    assert row_argmax(logits).tolist() == logits.argmax(dim=-1).tolist()
+    assert row_argmax(logits[4:5]).tolist() == [vocab - 1]
