@@ -308,17 +308,22 @@ def test_compiled_decode_reads_the_paged_cache_in_place(dtype):
             torch.testing.assert_close(got.float(), want, atol=tolerance, rtol=tolerance)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_native_decode_reads_the_paged_cache_in_place(dtype):
+@pytest.mark.parametrize(("dtype", "dim", "batch"), [
+    (torch.float32, 32, 16), (torch.bfloat16, 32, 16),
+    (torch.bfloat16, 64, 48),  # head sizes the vector path unrolls; enough tasks to be taken several at a time
+    (torch.float32, 128, 48),
+    (torch.bfloat16, 40, 16),  # not a multiple of 16: the portable loop
+])
+def test_native_decode_reads_the_paged_cache_in_place(dtype, dim, batch):
     from gpu_worker.model.native_decode import native_decode_or_none
 
-    q, k_cache, v_cache, tables, lens = random_paged_cache(dtype)
+    q, k_cache, v_cache, tables, lens = random_paged_cache(dtype, batch=batch, dim=dim)
     kernel = native_decode_or_none(k_cache, v_cache, group=3)
     assert kernel is not None and kernel.min_rows == 1
     tolerance = 1e-5 if dtype == torch.float32 else 3e-2
     lens[0], lens[1] = 1, 40  # one key; every block full
     with torch.inference_mode():
-        for rows, width in ((16, 5), (1, 5), (9, 3)):
+        for rows, width in ((batch, 5), (1, 5), (9, 3)):
             lens_here = lens[:rows].clamp(max=8 * width)
             got = kernel(q[:rows], k_cache, v_cache, tables[:rows, :width].contiguous(), lens_here, 0.2)
             want = reference_decode(q[:rows], k_cache, v_cache, tables[:rows], lens_here, 0.2)
