@@ -166,7 +166,10 @@ class TorchRunner:
         batch = min(THREAD_TUNING_BATCH, self.max_running, self.num_kv_blocks // blocks)
         greedy = SamplingParams(temperature=0.0)
         token = min(5, self.model_config.vocab_size - 1)
-        return [ScheduledChunk(-1 - i, [token], context, list(range(i * blocks, (i + 1) * blocks)), True, greedy)
+        # Shuffled, as a served cache's blocks are after a while: attention then waits on memory, which more threads
+        # hide better (97M, batch 64: 1.96x on 2 threads with shuffled blocks, 1.67x with consecutive ones).
+        shuffled = torch.randperm(self.num_kv_blocks, generator=torch.Generator().manual_seed(0)).tolist()
+        return [ScheduledChunk(-1 - i, [token], context, shuffled[i * blocks:(i + 1) * blocks], True, greedy)
                 for i in range(batch)]
 
     def _check(self, chunks: list[ScheduledChunk]) -> None:
