@@ -15,6 +15,7 @@ from gpu_worker.model import KVCache, ModelConfig, allocate_kv_cache, build_meta
 from gpu_worker.model.attention import DecodeKernel
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
 from gpu_worker.model.native_decode import native_decode_or_none
+from gpu_worker.model.native_ops import native_pointwise_or_none
 from gpu_worker.model.packed_linear import can_pack, pack_linears, warm_every_bucket
 from gpu_worker.sampler import Sampler
 from gpu_worker.thread_count import pick_thread_count
@@ -61,6 +62,9 @@ class TorchRunner:
         if self.packed:
             self.model.untie_lm_head()
             log.info("prepacked %d linear layers for oneDNN", pack_linears(self.model))
+            pointwise = native_pointwise_or_none()
+            if pointwise is not None:
+                self.model.use_native_pointwise(pointwise)
         self.num_kv_blocks = num_kv_blocks if num_kv_blocks is not None else self._blocks_for_budget(kv_cache_mb)
         if self.num_kv_blocks < 1:
             raise ValueError(f"the KV cache needs at least one block, got {self.num_kv_blocks}")

@@ -141,9 +141,10 @@ def test_chunked_prefill_mixed_with_decode_gives_the_same_logits(checkpoints):
     torch.testing.assert_close(second[0], reference_logits(reference, other + [next_token])[-1], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["plain", "prepacked"])
+@pytest.mark.parametrize("packed", [False, True, "native"], ids=["plain", "prepacked", "prepacked+native-pointwise"])
 @pytest.mark.parametrize("variant", ["llama", "qwen2-tied"])
 def test_bfloat16_runs_close_to_float32(checkpoints, variant, packed):
+    from gpu_worker.model.native_ops import native_pointwise_or_none
     from gpu_worker.model.packed_linear import PackedLinear, can_pack, pack_linears
 
     path, reference = checkpoints[variant]
@@ -156,6 +157,10 @@ def test_bfloat16_runs_close_to_float32(checkpoints, variant, packed):
         assert pack_linears(model) == 4 * config.num_layers + 1  # qkv, o, gate_up, down per layer; lm_head
         assert all(not isinstance(m, torch.nn.Linear) for m in model.modules())
         assert isinstance(model.lm_head, PackedLinear)
+    if packed == "native":
+        ops = native_pointwise_or_none()
+        assert ops is not None
+        model.use_native_pointwise(ops)
     cache = empty_cache(config, dtype=torch.bfloat16)
     ids, positions, meta = flat_prefill(PROMPTS[2:4])
     with torch.inference_mode():

@@ -8,6 +8,7 @@ from torch import nn
 
 from gpu_worker.model.attention import AttentionMetadata, paged_attention
 from gpu_worker.model.config import ModelConfig
+from gpu_worker.model.native_ops import NativePointwise
 from gpu_worker.model.rope import RotaryEmbedding, rotate
 
 Angles = tuple[torch.Tensor, torch.Tensor]  # RoPE cos, sin of a step's positions, each [T, 1, dim / 2]
@@ -20,8 +21,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.native: NativePointwise | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native is not None and x.is_contiguous() and self.native.accepts(x, self.weight):
+            return self.native.rms_norm(x, self.weight, self.eps)
+        return self.forward_torch(x)
+
+    def forward_torch(self, x: torch.Tensor) -> torch.Tensor:
         # In float32 like the reference implementation, then back to the activation dtype before the weight.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -37,6 +44,7 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=config.o_bias)
         self.scale = self.head_dim**-0.5
+        self.native: NativePointwise | None = None
 
     def forward(self, angles: Angles, x: torch.Tensor, meta: AttentionMetadata,
                 k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
@@ -44,7 +52,11 @@ class Attention(nn.Module):
         qkv = self.qkv_proj(x)  # [T, q_size + 2 * kv_size]
         qk_size = self.q_size + self.kv_size
         # q and k heads rotated together: one set of RoPE ops per layer instead of two
-        qk = rotate(qkv[:, :qk_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim), *angles)
+        heads = qkv[:, :qk_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
+        if self.native is not None and qkv.stride(1) == 1 and self.native.accepts(qkv, *angles):
+            qk = self.native.rope(heads, *angles)
+        else:
+            qk = rotate(heads, *angles)
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]  # [T, heads, dim], [T, kv_heads, dim]
         v = qkv[:, qk_size:].view(tokens, self.num_kv_heads, self.head_dim)
         out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, heads, dim]
@@ -59,9 +71,13 @@ class MLP(nn.Module):
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.native: NativePointwise | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)  # [T, intermediate] each
+        gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
+        if self.native is not None and gate_up.is_contiguous() and self.native.accepts(gate_up):
+            return self.down_proj(self.native.silu_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate_size, dim=-1)  # [T, intermediate] each
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -110,6 +126,12 @@ class LlamaForCausalLM(nn.Module):
         if self.lm_head is None:
             return F.linear(hidden, self.embed_tokens.weight).float()
         return self.lm_head(hidden).float()
+
+    def use_native_pointwise(self, ops: NativePointwise) -> None:
+        """Norms, SwiGLU and RoPE in C wherever their inputs are bfloat16 on CPU (see native_ops.py)."""
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, Attention, MLP)):
+                module.native = ops
 
     def untie_lm_head(self) -> None:
         """Give tied embeddings a Linear of their own for the logits (which pack_linears can then prepack)."""

@@ -4,31 +4,24 @@ ctypes on the tensors' memory.
 Inductor's kernel (decode_kernel.py) reads the cache in place too, but spends most of its time around the reads: a
 horizontal sum per key and query head, and a pass over memory per softmax stage. The C loop reads each key and value
 row once for all the query heads that share it, keeps the scores of one (sequence, kv head) in cache, and takes no
-compile of torch's own. The library is built once per source, dtype and compiler, and kept in a cache directory.
+compile of torch's own. The library is built once per source, dtype and compiler (native_build.py).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
-import os
-import platform
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
+from gpu_worker.model.native_build import CSRC, build_library
+
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "paged_decode.c"
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
-         *(("-mprefer-vector-width=512",) if platform.machine() in ("x86_64", "AMD64") else ()))
+SOURCE = CSRC / "paged_decode.c"
 SYMBOLS = {torch.bfloat16: ("paged_decode_bf16", ("-DPAGED_BF16",)), torch.float32: ("paged_decode_f32", ())}
-BUILD_TIMEOUT_S = 60.0
 
 
 class NativeDecode:
@@ -84,35 +77,8 @@ def native_decode_or_none(k_cache: torch.Tensor, v_cache: torch.Tensor, group: i
 def _load(dtype: torch.dtype) -> ctypes._CFuncPtr:
     """Build (or find built) the library for `dtype`, load it, and return its function with typed arguments."""
     symbol, defines = SYMBOLS[dtype]
-    library = _build(defines)
+    library = build_library(SOURCE, defines)
     function = getattr(ctypes.CDLL(str(library)), symbol)
     function.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
     function.restype = ctypes.c_int
     return function
-
-
-def _build(defines: tuple[str, ...]) -> Path:
-    compiler = os.environ.get("CC", "cc")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True,
-                             timeout=BUILD_TIMEOUT_S).stdout
-    key = hashlib.sha256("\0".join((SOURCE.read_text(), *FLAGS, *defines, version, sys.platform)).encode())
-    library = _cache_dir() / f"paged_decode-{key.hexdigest()[:16]}.so"
-    if library.exists():
-        return library
-    library.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside its final name, then renamed: workers starting together never load a half-written file.
-    fd, partial = tempfile.mkstemp(suffix=".so", dir=library.parent)
-    os.close(fd)
-    try:
-        subprocess.run([compiler, *FLAGS, *defines, str(SOURCE), "-o", partial, "-lm"], capture_output=True,
-                       text=True, check=True, timeout=BUILD_TIMEOUT_S)
-        os.replace(partial, library)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return library
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gpupool" / "kernels"
