@@ -13,6 +13,12 @@ from tokenizers import decoders
 
 from gpu_worker.chat_template import ChatTemplate, NoChatTemplateError, pick_template
 
+
+# tokenizers caches the pieces of each word it has split, up to 10,000 words, and never evicts: encoding the soak's
+# prompts ("soak 0.8444218515250481") grew a process by 4.7 MB over the first ~10,000 and not at all after, which
+# a 10-minute soak read as a slope (a worker meets 10,000 such words after about 7 minutes). At 1024 words the cache holds under half a MB; 300 encodes of a 1800-character text took 0.20 s
+# against 0.16 s with the default.
+WORD_CACHE_ENTRIES = 1024
 SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
 
 
@@ -77,6 +83,9 @@ class Tokenizer:
             backend = HFTokenizer.from_file(str(tokenizer_file))
         except Exception as exc:  # tokenizers raises a bare Exception on malformed files
             raise TokenizerLoadError(f"cannot load {tokenizer_file}: {exc}") from exc
+        resize_word_cache = getattr(backend.model, "_resize_cache", None)  # BPE and WordPiece-like models have one
+        if resize_word_cache is not None:
+            resize_word_cache(WORD_CACHE_ENTRIES)
         config = _read_json(model_dir / "tokenizer_config.json")
         special_tokens = {
             key: content for key in SPECIAL_TOKEN_KEYS if (content := _token_content(config.get(key))) is not None
