@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,22 @@ def test_eos_ids_come_from_all_config_files(tmp_path: Path) -> None:
     (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}), encoding="utf-8")
     (model_dir / "config.json").write_text(json.dumps({"eos_token_id": 9}), encoding="utf-8")
     assert Tokenizer.from_dir(model_dir).eos_token_ids == (2, 7, 9)
+
+
+def test_the_word_cache_stays_small():
+    import random
+
+    from gpu_worker.config import BUILTIN_MODEL_DIR
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    tokenizer = Tokenizer.from_dir(BUILTIN_MODEL_DIR)
+    rng = random.Random(0)
+    prompts = [f"soak {rng.random()}" for _ in range(20000)]  # a new word each, as the soak sends
+    tokenizer.encode(prompts[0])
+    before = rss_mb()
+    for prompt in prompts:
+        tokenizer.encode(prompt)
+    assert rss_mb() - before < 2.0  # tokenizers' default 10,000-word cache grew by 4.7 MB here
