@@ -46,9 +46,9 @@ def make_97m_model(out_dir: str) -> str:
     return out_dir
 
 
-def engine_decode(model_dir: str, dtype: str, batch: int, steps: int) -> float:
+def engine_decode(model_dir: str, dtype: str, batch: int, steps: int, device: str = "cpu") -> float:
     """Seconds per decode step of the whole engine (schedule, forward, sample, detokenize, deltas)."""
-    runner = TorchRunner(model_dir, dtype=dtype, num_kv_blocks=batch * 16 + 16)
+    runner = TorchRunner(model_dir, device=device, dtype=dtype, num_kv_blocks=batch * 16 + 16)
     engine = Engine(runner, Tokenizer.from_dir(model_dir), SchedulerConfig(max_running=batch), 2048)
     gen = torch.Generator().manual_seed(batch)
     for i in range(batch):
@@ -64,19 +64,19 @@ def engine_decode(model_dir: str, dtype: str, batch: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def bare_forward(model_dir: str, dtype: str, batch: int, steps: int) -> float:
+def bare_forward(model_dir: str, dtype: str, batch: int, steps: int, device: str = "cpu") -> float:
     """Seconds per decode step of model forward + logits alone, with the step's inputs built in advance."""
     from gpu_worker.model import build_metadata
 
-    runner = TorchRunner(model_dir, dtype=dtype, num_kv_blocks=batch * 16 + 16)
+    runner = TorchRunner(model_dir, device=device, dtype=dtype, num_kv_blocks=batch * 16 + 16)
     bs = runner.block_size
     blocks_per_seq = (PROMPT_LEN + bs) // bs + 1
     tables = [list(range(i * blocks_per_seq, (i + 1) * blocks_per_seq)) for i in range(batch)]
     pos = PROMPT_LEN
     slots = [t[pos // bs] * bs + pos % bs for t in tables]
     meta = build_metadata(slots, tables, [pos + 1] * batch, [], [], [], bs, runner.device, runner.decode_kernel)
-    ids = torch.randint(4, 8000, (batch,))
-    positions = torch.full((batch,), pos)
+    ids = torch.randint(4, 8000, (batch,)).to(runner.device)
+    positions = torch.full((batch,), pos).to(runner.device)
     with torch.inference_mode():
         for _ in range(3):
             runner.model.compute_logits(runner.model(ids, positions, meta, runner.kv_cache))
@@ -87,19 +87,19 @@ def bare_forward(model_dir: str, dtype: str, batch: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def hf_generate(model_dir: str, dtype: str, batch: int, steps: int) -> float:
+def hf_generate(model_dir: str, dtype: str, batch: int, steps: int, device: str = "cpu") -> float:
     """Seconds per generated token step of transformers' generate (prefill amortised over the steps)."""
     from transformers import AutoModelForCausalLM
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval()
-    ids = torch.randint(4, 8000, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).eval().to(device)
+    ids = torch.randint(4, 8000, (batch, PROMPT_LEN), generator=torch.Generator().manual_seed(batch)).to(device)
     kwargs = dict(max_new_tokens=steps, min_new_tokens=steps, do_sample=False, pad_token_id=1,
                   attention_mask=torch.ones_like(ids))
     with torch.inference_mode():
         model.generate(ids, **{**kwargs, "max_new_tokens": 2, "min_new_tokens": 2})
         start = time.perf_counter()
-        model.generate(ids, **kwargs)
+        model.generate(ids, **kwargs).tolist()  # .tolist() waits for the device
     return (time.perf_counter() - start) / steps
 
 
@@ -111,6 +111,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--skip-hf", action="store_true", help="leave out transformers' generate")
+    p.add_argument("--device", default="cpu", help="cpu or cuda:N")
     p.add_argument("--out", default="bench-out/engine.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -119,11 +120,11 @@ def main() -> None:
         for name in args.models.split(","):
             model_dir = BUILTIN_MODEL_DIR if name == "builtin" else make_97m_model(tmp) if name == "llama-97m" else name
             for batch in map(int, args.batches.split(",")):
-                row = {"model": name, "batch": batch, "dtype": args.dtype}
-                row["engine_ms"] = engine_decode(model_dir, args.dtype, batch, args.steps) * 1e3
-                row["forward_ms"] = bare_forward(model_dir, args.dtype, batch, args.steps) * 1e3
+                row = {"model": name, "batch": batch, "dtype": args.dtype, "device": args.device}
+                row["engine_ms"] = engine_decode(model_dir, args.dtype, batch, args.steps, args.device) * 1e3
+                row["forward_ms"] = bare_forward(model_dir, args.dtype, batch, args.steps, args.device) * 1e3
                 if not args.skip_hf:
-                    row["hf_ms"] = hf_generate(model_dir, args.dtype, batch, args.steps) * 1e3
+                    row["hf_ms"] = hf_generate(model_dir, args.dtype, batch, args.steps, args.device) * 1e3
                 row["engine_tok_s"] = batch / row["engine_ms"] * 1e3
                 row["overhead_pct"] = (row["engine_ms"] / row["forward_ms"] - 1) * 100
                 rows.append(row)
