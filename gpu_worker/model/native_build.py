@@ -22,7 +22,8 @@ def build_library(source: Path, defines: tuple[str, ...] = ()) -> Path:
     compiler = os.environ.get("CC", "cc")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True,
                              timeout=BUILD_TIMEOUT_S).stdout
-    key = hashlib.sha256("\0".join((source.read_text(), *FLAGS, *defines, version, sys.platform)).encode())
+    headers = [header.read_text() for header in sorted(CSRC.glob("*.h"))]  # what the sources include
+    key = hashlib.sha256("\0".join((source.read_text(), *headers, *FLAGS, *defines, version, sys.platform)).encode())
     library = _cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"
     if library.exists():
         return library

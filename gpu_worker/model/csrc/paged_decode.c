@@ -10,24 +10,16 @@
  * Threads take runs of consecutive tasks and fetch the next task's blocks into L2 while they compute the current one:
  * the blocks of a sequence lie anywhere in the cache, and waiting for them was most of a task's time.
  */
-#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16_math.h"
+
 #ifdef PAGED_BF16
 typedef uint16_t elem_t;
-static inline float load(elem_t x) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)x << 16;
-    return v.f;
-}
-static inline elem_t store(float f) {
-    union { float f; uint32_t u; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (elem_t)((v.u >> 16) | 0x40u); /* NaN stays NaN */
-    return (elem_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);                /* round to nearest even */
-}
+static inline float load(elem_t x) { return bf16_to_float(x); }
+static inline elem_t store(float f) { return float_to_bf16(f); }
 #define PAGED_DECODE paged_decode_bf16
 #else
 typedef float elem_t;
@@ -35,23 +27,6 @@ static inline float load(elem_t x) { return x; }
 static inline elem_t store(float f) { return f; }
 #define PAGED_DECODE paged_decode_f32
 #endif
-
-/* e^x for x <= 0 as 2^n * 2^f, with a degree-6 polynomial for 2^f on [0, 1): relative error about 2e-7, and
- * unlike expf it vectorises without -ffast-math. */
-static inline float exp_nonpositive(float x) {
-    float t = (x < -87.0f ? -87.0f : x) * 1.44269504f;
-    float n = floorf(t), f = t - n;
-    float p = 1.535336188e-4f;
-    p = p * f + 1.339887440e-3f;
-    p = p * f + 9.618437357e-3f;
-    p = p * f + 5.550332471e-2f;
-    p = p * f + 2.402264791e-1f;
-    p = p * f + 6.931472028e-1f;
-    p = p * f + 1.0f;
-    union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
-}
 
 static inline __attribute__((always_inline)) void one_task(const elem_t *q, const elem_t *k_head, const elem_t *v_head, const int64_t *table, int64_t len,
                      elem_t *out, int64_t group, int64_t dim, int64_t block_size, float scale, float *buf) {
@@ -103,7 +78,6 @@ static inline __attribute__((always_inline)) void one_task(const elem_t *q, cons
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* The same task with AVX-512 for head sizes that are a multiple of 16 (up to 256): the loops above leave one
  * horizontal sum per score inside a loop the compiler keeps scalar around it (40-60 ns per key row at batch 64,
  * one thread). Here each query head's `dim / 16` vectors stay in registers while its keys stream past, and each
@@ -111,8 +85,7 @@ static inline __attribute__((always_inline)) void one_task(const elem_t *q, cons
  * group, from cache. */
 static inline __m512 load16(const elem_t *p) {
 #ifdef PAGED_BF16
-    __m256i half = _mm256_loadu_si256((const __m256i *)p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+    return bf16x16_to_float(p);
 #else
     return _mm512_loadu_ps(p);
 #endif

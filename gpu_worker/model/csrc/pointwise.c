@@ -7,40 +7,15 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "bf16_math.h"
+
 #define PARALLEL_FROM 65536 /* elements; below, one thread is faster than waking the others */
 
 typedef uint16_t bf16;
 
-static inline float load(bf16 x) {
-    union { uint32_t u; float f; } v;
-    v.u = (uint32_t)x << 16;
-    return v.f;
-}
-
-static inline bf16 store(float f) {
-    union { float f; uint32_t u; } v;
-    v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u) return (bf16)((v.u >> 16) | 0x40u); /* NaN stays NaN */
-    return (bf16)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);                /* round to nearest even */
-}
-
+static inline float load(bf16 x) { return bf16_to_float(x); }
+static inline bf16 store(float f) { return float_to_bf16(f); }
 static inline float round_bf16(float f) { return load(store(f)); }
-
-/* e^x for x <= 0 as 2^n * 2^f, with a degree-6 polynomial for 2^f on [0, 1) (as in paged_decode.c). */
-static inline float exp_nonpositive(float x) {
-    float t = (x < -87.0f ? -87.0f : x) * 1.44269504f;
-    float n = floorf(t), f = t - n;
-    float p = 1.535336188e-4f;
-    p = p * f + 1.339887440e-3f;
-    p = p * f + 9.618437357e-3f;
-    p = p * f + 5.550332471e-2f;
-    p = p * f + 2.402264791e-1f;
-    p = p * f + 6.931472028e-1f;
-    p = p * f + 1.0f;
-    union { int32_t i; float f; } scale;
-    scale.i = ((int32_t)n + 127) << 23;
-    return p * scale.f;
-}
 
 /* out[r] = weight * bf16(x[r] * rsqrt(mean(x[r]^2) + eps)); x and out [rows, size], contiguous. */
 void rms_norm_bf16(const bf16 *x, const bf16 *weight, bf16 *out, int64_t rows, int64_t size, float eps) {
@@ -63,12 +38,9 @@ static inline float silu_rounded(float g) {
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 /* GCC leaves the portable loop below scalar ("complicated access pattern"), 11 ns an element; this is the same
  * arithmetic, 16 lanes at a time. */
-static inline __m512 load16(const bf16 *p) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-}
+static inline __m512 load16(const bf16 *p) { return bf16x16_to_float(p); }
 
 static inline __m512i rounded_bits(__m512 f) { /* round to nearest even, NaN kept: store() on 16 lanes, as int32 */
     const __m512i u = _mm512_castps_si512(f);
