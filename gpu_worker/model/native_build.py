@@ -3,13 +3,17 @@ and keep it in a cache directory."""
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC",
@@ -39,6 +43,17 @@ def build_library(source: Path, defines: tuple[str, ...] = ()) -> Path:
         if os.path.exists(partial):
             os.unlink(partial)
     return library
+
+
+def load_library(source: Path, what: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """Build (or find built) and load `source`; None, with the reason logged as `what` unavailable, where it fails."""
+    try:
+        return ctypes.CDLL(str(build_library(source, defines)))
+    except subprocess.CalledProcessError as exc:
+        log.warning("%s unavailable: the C compiler failed: %s", what, exc.stderr[-2000:])
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("%s unavailable (%s: %s)", what, type(exc).__name__, exc)
+    return None
 
 
 def _cache_dir() -> Path:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import subprocess
 import time
 
 import torch
 
-from gpu_worker.model.native_build import CSRC, build_library
+from gpu_worker.model.native_build import CSRC, load_library
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,11 @@ def native_decode_or_none(k_cache: torch.Tensor, v_cache: torch.Tensor, group: i
     if k_cache.device.type != "cpu" or k_cache.dtype not in SYMBOLS or not k_cache.is_contiguous():
         return None
     start = time.perf_counter()
-    try:
-        kernel = NativeDecode(_load(k_cache.dtype))
-    except subprocess.CalledProcessError as exc:
-        log.warning("native decode attention unavailable: the C compiler failed: %s", exc.stderr[-2000:])
+    symbol, defines = SYMBOLS[k_cache.dtype]
+    library = load_library(SOURCE, "native decode attention", defines)
+    if library is None:
         return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("native decode attention unavailable (%s: %s)", type(exc).__name__, exc)
-        return None
+    kernel = NativeDecode(_typed(getattr(library, symbol)))
     with torch.inference_mode():
         q, tables, lens = probe_inputs(k_cache, group)
         got = kernel(q, k_cache, v_cache, tables, lens, q.shape[-1] ** -0.5)
@@ -74,11 +70,7 @@ def native_decode_or_none(k_cache: torch.Tensor, v_cache: torch.Tensor, group: i
     return kernel
 
 
-def _load(dtype: torch.dtype) -> ctypes._CFuncPtr:
-    """Build (or find built) the library for `dtype`, load it, and return its function with typed arguments."""
-    symbol, defines = SYMBOLS[dtype]
-    library = build_library(SOURCE, defines)
-    function = getattr(ctypes.CDLL(str(library)), symbol)
+def _typed(function: ctypes._CFuncPtr) -> ctypes._CFuncPtr:
     function.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 7 + [ctypes.c_float]
     function.restype = ctypes.c_int
     return function

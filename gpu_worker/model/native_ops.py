@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import subprocess
 
 import torch
 import torch.nn.functional as F
 
-from gpu_worker.model.native_build import CSRC, build_library
+from gpu_worker.model.native_build import CSRC, load_library
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +62,10 @@ class NativePointwise:
 
 def native_pointwise_or_none() -> NativePointwise | None:
     """The C operations, checked against the torch formulas; None (logged) where they cannot be built or disagree."""
-    try:
-        ops = NativePointwise(ctypes.CDLL(str(build_library(SOURCE))))
-    except subprocess.CalledProcessError as exc:
-        log.warning("native pointwise ops unavailable: the C compiler failed: %s", exc.stderr[-2000:])
+    library = load_library(SOURCE, "native pointwise ops")
+    if library is None:
         return None
-    except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("native pointwise ops unavailable (%s: %s)", type(exc).__name__, exc)
-        return None
+    ops = NativePointwise(library)
     problem = disagreement(ops)
     if problem is not None:
         log.warning("native pointwise ops disagree with torch (%s); not using them", problem)
