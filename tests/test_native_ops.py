@@ -68,3 +68,12 @@ def test_the_start_up_check_passes_and_would_catch_a_wrong_result(ops, monkeypat
     assert disagreement(ops) is None
     monkeypatch.setattr(ops, "silu_mul", lambda gate_up: gate_up[:, : gate_up.shape[1] // 2].clone())
     assert disagreement(ops) == "silu_mul"
+
+
+def test_only_a_bfloat16_cpu_model_takes_them(ops):
+    from gpu_worker.config import BUILTIN_MODEL_DIR
+    from gpu_worker.model_runner import TorchRunner
+
+    runner = TorchRunner(BUILTIN_MODEL_DIR, dtype="float32", num_kv_blocks=16)
+    with pytest.raises(ValueError, match="bfloat16 on CPU"):
+        runner.model.use_native_pointwise(ops)

@@ -24,7 +24,7 @@ class RMSNorm(nn.Module):
         self.native: NativePointwise | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.native is not None and x.is_contiguous() and self.native.accepts(x, self.weight):
+        if self.native is not None and x.is_contiguous():
             return self.native.rms_norm(x, self.weight, self.eps)
         return self.forward_torch(x)
 
@@ -53,7 +53,7 @@ class Attention(nn.Module):
         qk_size = self.q_size + self.kv_size
         # q and k heads rotated together: one set of RoPE ops per layer instead of two
         heads = qkv[:, :qk_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
-        if self.native is not None and qkv.stride(1) == 1 and self.native.accepts(qkv, *angles):
+        if self.native is not None and qkv.stride(1) == 1:
             qk = self.native.rope(heads, *angles)
         else:
             qk = rotate(heads, *angles)
@@ -75,7 +75,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)  # [T, 2 * intermediate]
-        if self.native is not None and gate_up.is_contiguous() and self.native.accepts(gate_up):
+        if self.native is not None and gate_up.is_contiguous():
             return self.down_proj(self.native.silu_mul(gate_up))
         gate, up = gate_up.split(self.intermediate_size, dim=-1)  # [T, intermediate] each
         return self.down_proj(F.silu(gate) * up)
@@ -128,7 +128,10 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden).float()
 
     def use_native_pointwise(self, ops: NativePointwise) -> None:
-        """Norms, SwiGLU and RoPE in C wherever their inputs are bfloat16 on CPU (see native_ops.py)."""
+        """Norms, SwiGLU and RoPE in C (see native_ops.py), for a bfloat16 model on CPU."""
+        weight = self.embed_tokens.weight
+        if weight.dtype != torch.bfloat16 or weight.device.type != "cpu":
+            raise ValueError(f"the C pointwise ops serve bfloat16 on CPU, not {weight.dtype} on {weight.device}")
         for module in self.modules():
             if isinstance(module, (RMSNorm, Attention, MLP)):
                 module.native = ops

@@ -55,10 +55,6 @@ class NativePointwise:
                                 heads, dim // 2)
         return out
 
-    @staticmethod
-    def accepts(*tensors: torch.Tensor) -> bool:
-        return all(t.dtype == torch.bfloat16 and t.device.type == "cpu" for t in tensors)
-
 
 def native_pointwise_or_none() -> NativePointwise | None:
     """The C operations, checked against the torch formulas; None (logged) where they cannot be built or disagree."""
