@@ -145,8 +145,10 @@ class TorchRunner:
         """On CPU: time a decode step at up to `most` threads (default: the current count) and keep the fewest it
         still scales to (see thread_count.py). Runs on scratch blocks, before the engine has allocated any."""
         most = most or torch.get_num_threads()
+        if self.device.type != "cpu" or most <= 1:
+            return torch.get_num_threads()
         chunks = self._scratch_decodes()
-        if self.device.type != "cpu" or most <= 1 or not chunks:
+        if not chunks:
             return torch.get_num_threads()
 
         def run_step() -> float:

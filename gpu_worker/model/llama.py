@@ -53,7 +53,7 @@ class Attention(nn.Module):
         qk_size = self.q_size + self.kv_size
         # q and k heads rotated together: one set of RoPE ops per layer instead of two
         heads = qkv[:, :qk_size].view(tokens, self.num_heads + self.num_kv_heads, self.head_dim)
-        if self.native is not None and qkv.stride(1) == 1:
+        if self.native is not None and qkv.stride(1) == 1 and angles[0].is_contiguous() and angles[1].is_contiguous():
             qk = self.native.rope(heads, *angles)
         else:
             qk = rotate(heads, *angles)

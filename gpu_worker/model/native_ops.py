@@ -48,7 +48,8 @@ class NativePointwise:
         return out
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """x [T, heads, dim], rows at any stride, heads packed; cos, sin [T, 1, dim / 2] -> rotated, contiguous."""
+        """x [T, heads, dim], rows at any stride, heads packed; cos, sin [T, 1, dim / 2] contiguous -> rotated,
+        contiguous."""
         rows, heads, dim = x.shape
         out = torch.empty(rows, heads, dim, dtype=x.dtype, device=x.device)
         self._library.rope_bf16(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), rows,
