@@ -23,6 +23,13 @@ class Admission:
         """Checked before a request is parsed into the queue: once draining, nothing new gets in."""
         return shutting_down() if self.draining else None
 
+    def refuse_early(self, waiting: int) -> ApiError | None:
+        """Checked before the body is read: draining, or a full queue (which is not empty, so no worker has room).
+        Under a burst this refuses the excess without parsing it, so refusing stays cheap when the server is busiest."""
+        if waiting == 0:
+            return self.refuse_new()
+        return self.refuse_new() or self.refuse_waiting(waiting + 1)
+
     def refuse_waiting(self, waiting: int) -> ApiError | None:
         """Checked after dispatch had its chance: past --max-queue the excess is told to come back later."""
         if waiting > self.max_queue:

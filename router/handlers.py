@@ -32,10 +32,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _generation(request: web.Request, chat: bool) -> web.StreamResponse:
     state = request.app[ROUTER]
+    refusal = state.admission.refuse_early(state.dispatcher.waiting)
+    if refusal is not None:
+        return _refused(state, refusal)
     try:
-        refusal = state.admission.refuse_new()
-        if refusal is not None:
-            raise refusal
         body = await _read_json(request)
         model = state.model_info()
         parse = parse_chat if chat else parse_completion
@@ -43,8 +43,12 @@ async def _generation(request: web.Request, chat: bool) -> web.StreamResponse:
         return await generate(request, parsed, state.dispatcher, state.metrics,
                               state.config.first_token_timeout, state.config.request_timeout)
     except ApiError as error:  # refused before admission
-        state.metrics.requests.labels(outcome_of(error.status), str(error.status)).inc()
-        return error.response()
+        return _refused(state, error)
+
+
+def _refused(state: RouterState, error: ApiError) -> web.Response:
+    state.metrics.requests.labels(outcome_of(error.status), str(error.status)).inc()
+    return error.response()
 
 
 async def _read_json(request: web.Request) -> Any:

@@ -7,7 +7,8 @@ import time
 
 import aiohttp
 
-from tests.conftest import metric_values
+from router.admission import Admission
+from tests.conftest import metric_values, wait_until
 
 BURST = 40
 RUNNING, QUEUE = 2, 3
@@ -48,3 +49,33 @@ async def test_burst_gets_only_200_or_503_with_retry_after(start_router):
             assert payload["usage"]["completion_tokens"] == 10
     counted = metric_values(metrics, "gpupool_requests_total")
     assert counted == {'{outcome="success",status="200"}': ok, '{outcome="rejected",status="503"}': rejected}
+
+
+def test_only_a_full_queue_refuses_early():
+    assert Admission(max_queue=3).refuse_early(2) is None
+    assert Admission(max_queue=3).refuse_early(3).code == "overloaded"
+    assert Admission(max_queue=0).refuse_early(0) is None, "an empty queue: a worker may have room"
+    assert Admission(max_queue=0).refuse_early(1).code == "overloaded"
+    draining = Admission(max_queue=3)
+    draining.start_draining()
+    assert draining.refuse_early(0).code == "shutting_down"
+
+
+async def test_a_full_queue_refuses_without_reading_the_body(start_router):
+    router = start_router("--model", "sim:20", "--devices", "cpu", "--max-running-per-worker", str(RUNNING),
+                          "--max-queue", str(QUEUE))
+    body = {"model": router.model, "prompt": "fill", "max_tokens": 200, "ignore_eos": True}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        fill = [asyncio.create_task(session.post(router.url + "/v1/completions", json=body))
+                for _ in range(RUNNING + QUEUE)]
+
+        async def queue_full() -> bool:
+            async with session.get(router.url + "/metrics") as response:
+                return metric_values(await response.text(), "gpupool_router_queue_length").get("") == QUEUE
+
+        await wait_until(queue_full, 10, "the queue to fill")
+        async with session.post(router.url + "/v1/completions", data=b"{not json") as response:
+            assert response.status == 503 and (await response.json())["error"]["code"] == "overloaded"
+        for task in fill:
+            task.cancel()
+        await asyncio.gather(*fill, return_exceptions=True)
