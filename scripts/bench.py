@@ -17,7 +17,6 @@ that carries the usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The names below are re-exported: tests and other scripts use them as bench.<name>.
+from benchkit import event_loop  # noqa: E402
 from benchkit.load import Level, RequestSource, run_level  # noqa: E402,F401
 from benchkit.plots import plot  # noqa: E402
 from benchkit.report import fmt, table, write_json  # noqa: E402,F401
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         levels = levels_from_args(args)
     except ValueError as exc:
         p.error(str(exc))
-    result = asyncio.run(run_benchmark(args.url, workload, levels, model=args.model, warmup=args.warmup,
+    result = event_loop.run(run_benchmark(args.url, workload, levels, model=args.model, warmup=args.warmup,
                                        server_pid=args.server_pid, progress=not args.no_progress,
                                        request_timeout=args.request_timeout))
     result["meta"]["argv"] = sys.argv[1:] if argv is None else argv

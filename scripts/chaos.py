@@ -12,7 +12,6 @@ Traffic goes to 127.0.0.1 only; every wait has a deadline.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from chaos.report import Options  # noqa: E402  (the package beside this file)
+from benchkit import event_loop  # noqa: E402  (the packages beside this file)
+from chaos.report import Options  # noqa: E402
 from chaos.server import Launcher  # noqa: E402
 
 SCENARIOS = {  # name: module; full-length order
@@ -34,15 +34,6 @@ SCENARIOS = {  # name: module; full-length order
     "hung": "chaos.hung",
     "soak": "chaos.soak",
 }
-
-
-def _loop_factory():
-    """uvloop where it is installed: the harness's client must not be the bottleneck it measures."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         (log_dir / name).mkdir(exist_ok=True)
         began = time.monotonic()
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                result = runner.run(importlib.import_module(SCENARIOS[name]).run(launcher, options))
+            result = event_loop.run(importlib.import_module(SCENARIOS[name]).run(launcher, options))
         finally:
             launcher.close()
         result.figures["wall_s"] = round(time.monotonic() - began, 1)

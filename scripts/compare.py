@@ -11,7 +11,6 @@ by the same client (scripts/bench.py) in this process. `--quick` shrinks every c
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import servers  # noqa: E402
+from benchkit import event_loop  # noqa: E402
 from benchkit.baselines import GOALS, baseline_specs, baselines_summary, goal_met, run_baselines  # noqa: E402,F401
 from benchkit.ceiling import ceiling_summary, run_ceiling  # noqa: E402,F401
 from benchkit.common import MODELS_97M, at, machine, measure, model_dir, ms, ratio  # noqa: E402,F401
@@ -90,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runner = {"baselines": run_baselines, "ceiling": run_ceiling, "scaling": run_scaling}[args.comparison]
-    report = asyncio.run(runner(args))
+    report = event_loop.run(runner(args))
     path = os.path.join(args.out_dir, f"{args.comparison}.json")
     write_json(report, path)
     print(f"\nJSON: {path}; plots in {args.out_dir}; server logs in {args.log_dir}; "
