@@ -95,6 +95,46 @@ static inline void prefetch_rows(const elem_t *start, int64_t bytes) {
     for (int64_t offset = 0; offset < bytes; offset += 64) _mm_prefetch((const char *)start + offset, _MM_HINT_T0);
 }
 
+#if defined(PAGED_BF16) && defined(__AVX512BF16__)
+#define DPBF16_KEYS 1
+/* Lane j of the result of level L is the sum of two lanes of a pair of vectors (A: 0-15, B: 16-31), so that four
+ * levels turn 16 vectors of per-lane partial sums, one per key row, into one vector of 16 row sums (row r in lane r):
+ * 15 adds and 30 permutes where 16 horizontal reductions take about 130 instructions. */
+static const int32_t SUM_ROWS_INDEX[4][2][16] = {
+    {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+    {{0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}, {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31}},
+    {{0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}, {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31}},
+    {{0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}, {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31}},
+};
+
+static inline __m512 sum_rows16(__m512 s[16]) {
+    for (int level = 0, n = 16; n > 1; level++, n /= 2) {
+        const __m512i lo = _mm512_loadu_si512(SUM_ROWS_INDEX[level][0]), hi = _mm512_loadu_si512(SUM_ROWS_INDEX[level][1]);
+        for (int v = 0; v < n / 2; v++)
+            s[v] = _mm512_add_ps(_mm512_permutex2var_ps(s[2 * v], lo, s[2 * v + 1]),
+                                 _mm512_permutex2var_ps(s[2 * v], hi, s[2 * v + 1]));
+    }
+    return s[0];
+}
+
+/* Scaled scores of `rows` consecutive key rows (at most 16) against a query head held as `pairs` vectors of 32 bf16:
+ * vdpbf16ps multiplies the bf16 values as stored, exactly, and adds them in float32. Returns the running max. */
+static inline __m512 score_rows_dpbf16(const __m512bh *qb, int pairs, const uint16_t *keys, int64_t rows,
+                                       int64_t dim, float scale, float *scores, __m512 max) {
+    __m512 s[16];
+    for (int64_t r = 0; r < 16; r++) {
+        s[r] = _mm512_setzero_ps();
+        if (r < rows)
+            for (int i = 0; i < pairs; i++)
+                s[r] = _mm512_dpbf16_ps(s[r], qb[i], (__m512bh)_mm512_loadu_si512(keys + r * dim + 32 * i));
+    }
+    const __mmask16 valid = (__mmask16)((1u << rows) - 1u);
+    const __m512 scaled = _mm512_mul_ps(sum_rows16(s), _mm512_set1_ps(scale));
+    _mm512_mask_storeu_ps(scores, valid, scaled);
+    return _mm512_mask_max_ps(max, valid, max, scaled);
+}
+#endif
+
 static inline __attribute__((always_inline)) void one_task_avx512(const elem_t *q, const elem_t *k_head,
                      const elem_t *v_head, const int64_t *table, int64_t len, elem_t *out, int64_t group,
                      const int nv, int64_t block_size, float scale, float *scores) {
@@ -104,6 +144,11 @@ static inline __attribute__((always_inline)) void one_task_avx512(const elem_t *
         for (int i = 0; i < nv; i++) qv[i] = _mm512_mul_ps(load16(q + g * dim + 16 * i), _mm512_set1_ps(scale));
         float *sg = scores;
         float max = -INFINITY, sum = 0.0f;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+#ifdef DPBF16_KEYS
+        __m512bh qb[8];
+        for (int i = 0; i < nv / 2; i++) qb[i] = (__m512bh)_mm512_loadu_si512(q + g * dim + 32 * i);
+#endif
         for (int64_t start = 0; start < len; start += block_size) {
             const elem_t *block = k_head + table[start / block_size] * block_stride;
             const int64_t rows = len - start < block_size ? len - start : block_size;
@@ -115,6 +160,14 @@ static inline __attribute__((always_inline)) void one_task_avx512(const elem_t *
                                       block_stride * (int64_t)sizeof(elem_t));
                 prefetch_rows(v_head + table[start / block_size] * block_stride, rows * dim * (int64_t)sizeof(elem_t));
             }
+#ifdef DPBF16_KEYS
+            if (nv % 2 == 0) {
+                for (int64_t r = 0; r < rows; r += 16)
+                    vmax = score_rows_dpbf16(qb, nv / 2, block + r * dim, rows - r < 16 ? rows - r : 16, dim, scale,
+                                             sg + start + r, vmax);
+                continue;
+            }
+#endif
             for (int64_t r = 0; r < rows; r++) {
                 const elem_t *key = block + r * dim;
                 __m512 s = _mm512_mul_ps(qv[0], load16(key));
@@ -124,6 +177,7 @@ static inline __attribute__((always_inline)) void one_task_avx512(const elem_t *
                 max = score > max ? score : max;
             }
         }
+        max = max > _mm512_reduce_max_ps(vmax) ? max : _mm512_reduce_max_ps(vmax);
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < len; j++) {
             sg[j] = exp_nonpositive(sg[j] - max);
