@@ -1,4 +1,4 @@
-"""Time one decode step (forward + logits + greedy pick) of a checkpoint at a fixed batch and context, optionally under
+"""Time one decode step (forward + logits + the sampler's greedy pick) of a checkpoint at a fixed batch and context, optionally under
 torch.profiler: the before/after figures of the attention and linear-layer changes in docs/benchmarks.md.
 
     python scripts/bench_decode_step.py --model bench-out/models/llama-97m --batch 64 --attention compiled [--profile]
@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gpu_worker.model import build_metadata  # noqa: E402
 from gpu_worker.model_runner import TorchRunner  # noqa: E402
+from gpu_worker.sampler import row_argmax  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     positions = torch.full((args.batch,), ctx)
 
     def step() -> None:
-        runner.model.compute_logits(runner.model(ids, positions, meta, runner.kv_cache)).argmax(-1).tolist()
+        row_argmax(runner.model.compute_logits(runner.model(ids, positions, meta, runner.kv_cache))).tolist()
 
     with torch.inference_mode():
         for _ in range(3):
