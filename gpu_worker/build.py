@@ -43,6 +43,7 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
         )
         if config.tune_threads:
             runner.tune_threads(config.threads)
+        runner.choose_small_linears()
         runner.warmup()
         max_positions = runner.context_length
         device = config.device

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from gpu_worker.model.attention import DecodeKernel
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
 from gpu_worker.model.native_decode import native_decode_or_none
 from gpu_worker.model.native_ops import native_pointwise_or_none
-from gpu_worker.model.packed_linear import can_pack, pack_linears, warm_every_bucket
+from gpu_worker.model.packed_linear import can_pack, keep_float32_if_faster, pack_linears, warm_every_bucket
 from gpu_worker.sampler import Sampler
 from gpu_worker.thread_count import pick_thread_count
 from protocol.messages import SamplingParams
@@ -150,20 +151,32 @@ class TorchRunner:
         chunks = self._scratch_decodes()
         if not chunks:
             return torch.get_num_threads()
-
-        def run_step() -> float:
-            start = time.perf_counter()
-            self.run(chunks)
-            return time.perf_counter() - start
-
-        chosen, times = pick_thread_count(run_step, torch.set_num_threads, most)
+        chosen, times = pick_thread_count(self._step_timer(chunks), torch.set_num_threads, most)
         for chunk in chunks:
             self.release(chunk.seq_id)
         log.info("threads: %d of at most %d (decode step at batch %d: %s)", chosen, most, len(chunks),
                  ", ".join(f"{count} -> {seconds * 1000:.2f} ms" for count, seconds in times.items()))
         return chosen
 
+    def choose_small_linears(self) -> None:
+        """Keep the float32 copies of the small layers only where a whole one-row decode step is faster with them."""
+        chunks = self._scratch_decodes()[:1]
+        if not self.packed or not chunks:
+            return
+        keep, with_s, without_s = keep_float32_if_faster(self.model, self._step_timer(chunks))
+        self.release(chunks[0].seq_id)
+        if not math.isnan(with_s):
+            log.info("small linears in %s (one-row step: %.2f ms with float32 copies, %.2f ms without)",
+                     "float32" if keep else "bfloat16", with_s * 1000, without_s * 1000)
+
     # ------------------------------------------------------------------ helpers
+
+    def _step_timer(self, chunks: list[ScheduledChunk]) -> Callable[[], float]:
+        def run_step() -> float:
+            start = time.perf_counter()
+            self.run(chunks)
+            return time.perf_counter() - start
+        return run_step
 
     def _scratch_decodes(self) -> list[ScheduledChunk]:
         """One greedy decode per sequence, each on its own scratch blocks: as many as fit, up to a full batch."""

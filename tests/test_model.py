@@ -406,3 +406,27 @@ def test_packed_linear_serves_its_float32_rows_from_a_float32_copy():
                 torch.testing.assert_close(got.float(), exact, atol=0.1, rtol=0.02)
     assert PackedLinear(weight, bias).float32_weight is None  # no copy kept where no row count uses it
     assert float32_faster_rows(weight, bias) <= set(range(1, FLOAT32_MAX_ROWS + 1))
+
+
+@pytest.mark.parametrize("float32_step_ms", [0.5, 2.0])
+def test_float32_copies_stay_only_if_a_whole_step_is_faster_with_them(float32_step_ms):
+    from gpu_worker.model.packed_linear import PackedLinear, can_pack, keep_float32_if_faster
+
+    if not can_pack(torch.device("cpu"), torch.bfloat16):
+        pytest.skip("this CPU's oneDNN has no bf16 kernels")
+    weight, bias = torch.randn(48, 32).bfloat16(), torch.randn(48).bfloat16()
+    model = torch.nn.Sequential(PackedLinear(weight, bias, frozenset({1})), PackedLinear(weight, bias))
+    used = []
+
+    def run_step() -> float:
+        used.append(bool(model[0].float32_rows))
+        return (float32_step_ms if model[0].float32_rows else 1.0) / 1000
+
+    keep, with_s, without_s = keep_float32_if_faster(model, run_step)
+    assert set(used) == {True, False}, "both ways were timed"
+    assert (with_s, without_s) == (float32_step_ms / 1000, 0.001)
+    assert keep == (float32_step_ms < 1.0)
+    assert (model[0].float32_rows == frozenset({1})) == keep
+    assert (model[0].float32_weight is not None) == keep  # a dropped copy frees its memory
+    with torch.inference_mode():
+        assert model[0](torch.randn(1, 32).bfloat16()).shape == (1, 48)
