@@ -22,7 +22,7 @@ class SchedulerConfig:
     max_running: int = 256
     max_batched_tokens: int = 2048
     # Prompt tokens in a step that also decodes: a big prefill would stall every running stream for its whole step.
-    max_prefill_tokens_while_decoding: int = 512
+    max_prefill_tokens_while_decoding: int = 256
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
