@@ -89,24 +89,6 @@ def test_long_prompts_are_prefilled_in_chunks_beside_decodes(tokenizer):
     assert steps_with_both >= 300 // 64  # the decode kept going while the long prompt was prefilled
 
 
-def test_a_step_that_decodes_takes_few_prompt_tokens(tokenizer):
-    cap = SchedulerConfig().max_prefill_tokens_while_decoding
-    engine = sim_engine(tokenizer)
-    for i in range(3):
-        engine.add_request(req(f"long{i}", prompt="word " * 300, max_tokens=2))
-    first = engine.scheduler.schedule()
-    assert sum(s.num_new_tokens for s in first) > cap, "nothing decodes yet: the whole budget goes to prompts"
-
-    engine = sim_engine(tokenizer)
-    engine.add_request(req("decoding", max_tokens=50))
-    engine.step()
-    for i in range(3):
-        engine.add_request(req(f"long{i}", prompt="word " * 300, max_tokens=2))
-    batch = engine.scheduler.schedule()
-    assert [s.num_new_tokens for s in batch if s.num_new_tokens == 1] == [1], "the decode goes first"
-    assert sum(s.num_new_tokens for s in batch if s.num_new_tokens > 1) == cap
-
-
 def test_abort_frees_blocks_within_the_step(tokenizer):
     engine = sim_engine(tokenizer)
     engine.add_request(req("keep", max_tokens=100))
