@@ -5,7 +5,7 @@ tokenizer run on the same cores. Threads that add little speed then cost more th
 waits for its slowest thread, and a thread the router preempted stalls the whole step. On the 2-core development
 machine (AMD EPYC, bf16), timed as here (turns, fastest of each), a decode step at batch 64 ran 1.41-1.45x faster on
 2 threads than on 1 for the built-in 7.3M model and 1.84x for a 97M one. Served at 64 streams, 1 thread gives the
-7.3M model about 5700 output tok/s and 2 threads about 5200 (the router streams 8 times the 97M model's tokens and
+7.3M model about 5700 output tok/s and 2 threads about 5200 (the router streams ten times the 97M model's tokens and
 needs the second core), while the 97M model needs both (914 against 584 tok/s, on a Xeon). So a count is kept only
 when each added thread brings at least SCALING_EFFICIENCY of a linear speed-up; 0.5 let the 7.3M model's noisier
 timings over the line now and then.

@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     result = event_loop.run(run_benchmark(args.url, workload, levels, model=args.model, warmup=args.warmup,
-                                       server_pid=args.server_pid, progress=not args.no_progress,
-                                       request_timeout=args.request_timeout))
+                                          server_pid=args.server_pid, progress=not args.no_progress,
+                                          request_timeout=args.request_timeout))
     result["meta"]["argv"] = sys.argv[1:] if argv is None else argv
     write_json(result, args.out)
     print(table(result["runs"]))

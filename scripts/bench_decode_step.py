@@ -1,5 +1,6 @@
-"""Time one decode step (forward + logits + the sampler's greedy pick) of a checkpoint at a fixed batch and context, optionally under
-torch.profiler: the before/after figures of the attention and linear-layer changes in docs/benchmarks.md.
+"""Time one decode step (forward + logits + the sampler's greedy pick) of a checkpoint at a fixed batch and context,
+optionally under torch.profiler: the before/after figures of the attention and linear-layer changes in
+docs/benchmarks.md.
 
     python scripts/bench_decode_step.py --model bench-out/models/llama-97m --batch 64 --attention compiled [--profile]
 """
