@@ -26,9 +26,7 @@ class Admission:
     def refuse_early(self, waiting: int) -> ApiError | None:
         """Checked before the body is read: draining, or a full queue (which is not empty, so no worker has room).
         Under a burst this refuses the excess without parsing it, so refusing stays cheap when the server is busiest."""
-        if waiting == 0:
-            return self.refuse_new()
-        return self.refuse_new() or self.refuse_waiting(waiting + 1)
+        return self.refuse_new() or (self.refuse_waiting(waiting + 1) if waiting else None)
 
     def refuse_waiting(self, waiting: int) -> ApiError | None:
         """Checked after dispatch had its chance: past --max-queue the excess is told to come back later."""

@@ -177,7 +177,8 @@ static inline __attribute__((always_inline)) void one_task_avx512(const elem_t *
                 max = score > max ? score : max;
             }
         }
-        max = max > _mm512_reduce_max_ps(vmax) ? max : _mm512_reduce_max_ps(vmax);
+        const float vector_max = _mm512_reduce_max_ps(vmax);
+        max = max > vector_max ? max : vector_max;
 #pragma omp simd reduction(+ : sum)
         for (int64_t j = 0; j < len; j++) {
             sg[j] = exp_nonpositive(sg[j] - max);
