@@ -234,14 +234,15 @@ class Dispatcher:
     # ------------------------------------------------------------------ faults and shutdown
 
     def worker_lost(self, slot: WorkerSlot, reason: str) -> None:
-        """Started requests fail now; the others go back to the front of the queue, in their order."""
+        """Requests whose handler already took output fail now; the others, even those with output still pending
+        in the router, start over from the front of the queue, in their order."""
         requeue: list[RequestStream] = []
         for stream in slot.outstanding.values():
-            if stream.started:
+            if stream.delivered:
                 stream.fail(worker_failed(f"worker {slot.worker_id} failed mid-request ({reason}); retry the request"))
                 self._streams.pop(stream.request_id, None)
             else:
-                stream.worker_id = None
+                stream.restart()
                 requeue.append(stream)
         slot.outstanding.clear()
         self.metrics.worker_outstanding.labels(slot.label).set(0)

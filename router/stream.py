@@ -67,6 +67,7 @@ class RequestStream:
         self.cached_tokens = 0
         self.completion_tokens: dict[int, int] = {}
         self.error: ApiError | None = None
+        self.delivered = False  # the handler took output: from then on the request cannot start over
         self._pending: dict[int, PendingDelta] = {}
         self._finished: set[int] = set()
         self._wakeup = asyncio.Event()
@@ -96,6 +97,16 @@ class RequestStream:
             self._finished.add(delta.index)
         self._wakeup.set()
 
+    def restart(self) -> None:
+        """Back to unstarted, after its worker died before the handler took anything: what arrived from that worker
+        is dropped, and the request runs again from the start on another."""
+        self.worker_id = None
+        self.first_token_at = self.last_token_at = None
+        self.prompt_tokens = self.cached_tokens = 0
+        self.completion_tokens.clear()
+        self._pending.clear()
+        self._finished.clear()
+
     def fail(self, error: ApiError) -> None:
         """End the request with an error; whatever was pending is dropped."""
         if self.finished:
@@ -108,6 +119,7 @@ class RequestStream:
         """What arrived since the last call, one merged delta per choice, in choice order."""
         batch = [self._pending[i] for i in sorted(self._pending)]
         self._pending.clear()
+        self.delivered = self.delivered or bool(batch)
         if not self.finished:
             self._wakeup.clear()
         return batch

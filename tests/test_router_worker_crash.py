@@ -10,9 +10,38 @@ import signal
 
 import aiohttp
 
+from protocol.messages import GenerateRequest, SamplingParams, SequenceDelta
+from router.admission import Admission
+from router.dispatch import Dispatcher
+from router.metrics import Metrics
+from router.stream import RequestStream
+from router.workers import WorkerSlot, WorkerState
 from tests.conftest import metric_values, wait_until
 
 PER_WORKER = 4
+
+
+def test_a_dead_workers_requests_start_over_unless_their_handler_took_output():
+    slot = WorkerSlot(0, "cpu", epoch=0, state=WorkerState.READY)
+    dispatcher = Dispatcher([slot], Admission(max_queue=8), Metrics(), max_running_per_worker=4)
+    took, pending, quiet = (RequestStream(GenerateRequest(rid, SamplingParams(max_tokens=8), prompt="p"),
+                                          admitted_at=0.0) for rid in ("took", "pending", "quiet"))
+    for stream in (took, pending, quiet):
+        dispatcher.admit(stream)
+    for stream in (took, pending):
+        stream.push(SequenceDelta(stream.request_id, 0, [7], "x", None, 1, 1), now=1.0)
+    assert [d.token_ids for d in took.take()] == [[7]]
+
+    slot.state = WorkerState.DEAD
+    dispatcher.worker_lost(slot, "killed")
+    assert took.error is not None and took.error.code == "worker_failed"
+    assert pending.error is None and not pending.started and pending.take() == [], "its token was dropped"
+    assert pending.usage["completion_tokens"] == 0 and pending.worker_id is None
+    assert dispatcher.waiting == 2
+
+    slot.epoch, slot.state = 1, WorkerState.READY
+    dispatcher.pump()
+    assert list(slot.outstanding) == ["pending", "quiet"] and dispatcher.waiting == 0
 
 
 async def stream_outcome(session: aiohttp.ClientSession, url: str, body: dict, started: asyncio.Queue) -> str:
