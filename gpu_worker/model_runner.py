@@ -108,11 +108,11 @@ class TorchRunner:
         sampling = [c for c in chunks if c.sample]
         with torch.inference_mode():
             ids = self._to_device(input_ids)  # [T]
-            hidden = self.model(ids, self._to_device(positions), meta, self.kv_cache)  # [T, hidden]
+            rows = self._to_device([last_row[id(c)] for c in sampling]) if sampling else None  # [S]
+            hidden = self.model(ids, self._to_device(positions), meta, self.kv_cache, rows)  # [S, hidden]
             if not sampling:
                 return []
-            rows = self._to_device([last_row[id(c)] for c in sampling])
-            logits = self.model.compute_logits(hidden[rows])  # [S, vocab] float32
+            logits = self.model.compute_logits(hidden)  # [S, vocab] float32
             return self.sampler.sample(logits, sampling)
 
     def release(self, seq_id: int) -> None:

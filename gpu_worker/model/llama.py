@@ -47,7 +47,8 @@ class Attention(nn.Module):
         self.native: NativePointwise | None = None
 
     def forward(self, angles: Angles, x: torch.Tensor, meta: AttentionMetadata,
-                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
+                k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden], or [R, hidden] for the given rows only (every row's K and V are cached)."""
         tokens = x.shape[0]
         qkv = self.qkv_proj(x)  # [T, q_size + 2 * kv_size]
         qk_size = self.q_size + self.kv_size
@@ -59,8 +60,8 @@ class Attention(nn.Module):
             qk = rotate(heads, *angles)
         q, k = qk[:, : self.num_heads], qk[:, self.num_heads :]  # [T, heads, dim], [T, kv_heads, dim]
         v = qkv[:, qk_size:].view(tokens, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)  # [T, heads, dim]
-        return self.o_proj(out.reshape(tokens, self.q_size))
+        out = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale).reshape(tokens, self.q_size)  # [T, q_size]
+        return self.o_proj(out if rows is None else out[rows])
 
 
 class MLP(nn.Module):
@@ -90,8 +91,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, angles: Angles, hidden: torch.Tensor, meta: AttentionMetadata,
-                k_cache: torch.Tensor, v_cache: torch.Tensor) -> torch.Tensor:
-        hidden = hidden + self.self_attn(angles, self.input_layernorm(hidden), meta, k_cache, v_cache)
+                k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        attended = self.self_attn(angles, self.input_layernorm(hidden), meta, k_cache, v_cache, rows)
+        hidden = (hidden if rows is None else hidden[rows]) + attended
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -113,12 +115,17 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
-                kv_cache: KVCache) -> torch.Tensor:
-        """input_ids [T], positions [T] -> final hidden states [T, hidden]."""
+                kv_cache: KVCache, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [T], positions [T] -> final hidden states [T, hidden], or [R, hidden] of the given rows only.
+
+        Past the last layer's attention, only the rows that sample are needed: a prompt's other tokens skip its
+        output projection and MLP (a quarter of a prompt token's layer work on a 4-layer model).
+        """
         hidden = self.embed_tokens(input_ids)  # [T, hidden]
         angles = self.rope.angles(positions)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_cache, strict=True):
-            hidden = layer(angles, hidden, meta, k_cache, v_cache)
+        last = len(self.layers) - 1
+        for i, (layer, (k_cache, v_cache)) in enumerate(zip(self.layers, kv_cache, strict=True)):
+            hidden = layer(angles, hidden, meta, k_cache, v_cache, rows if i == last else None)
         return self.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
