@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--max-running", type=int, default=256, help="sequences decoded together")
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="tokens computed per step")
+    p.add_argument("--max-prefill-tokens-while-decoding", type=int, default=None,
+                   help="prompt tokens in a step that also decodes (default: 256 for a model on CPU, else no cap)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
     p.add_argument("--kv-cache-mb", type=int, default=None, help="memory for the KV cache")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
@@ -47,6 +49,7 @@ def build_config(args: argparse.Namespace) -> WorkerConfig:
         served_model_name=args.served_model_name,
         max_running=args.max_running,
         max_batched_tokens=args.max_batched_tokens,
+        max_prefill_tokens_while_decoding=args.max_prefill_tokens_while_decoding,
         block_size=args.block_size,
         kv_cache_mb=args.kv_cache_mb,
         threads=args.threads,

@@ -48,6 +48,7 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
         max_positions = runner.context_length
         device = config.device
     kv_capacity = runner.num_kv_blocks * runner.block_size
-    scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running))
+    scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running),
+                                       config.prefill_cap)
     engine = Engine(runner, tokenizer, scheduler_config, max_positions)
     return BuiltEngine(engine, device, engine.context_length, kv_capacity, tokenizer.has_chat_template)

@@ -2,8 +2,10 @@
 
 Every sequence has `num_computed_tokens`; a step computes some of the rest. Decode, prefill, a chunk of a long prompt
 and the recompute of a preempted sequence are all the same operation. Running sequences go first; waiting ones are
-admitted under the token budget, the block budget and `max_running`. When blocks run out, the most recently admitted
-running sequence is preempted: its blocks are freed and it is recomputed later (with the prefix cache's help).
+admitted under the token budget, the block budget and `max_running`. A step that decodes may take at most
+`max_prefill_tokens_while_decoding` prompt tokens (None: no cap), so that a burst of new prompts is spread over a few
+short steps instead of one long one that every running stream waits for. When blocks run out, the most recently
+admitted running sequence is preempted: its blocks are freed and it is recomputed later (with the prefix cache's help).
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from gpu_worker.sequence import Sequence, SequenceStatus
 class SchedulerConfig:
     max_running: int = 256
     max_batched_tokens: int = 2048
+    max_prefill_tokens_while_decoding: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {self.max_running}")
         if self.max_batched_tokens < 1:
             raise ValueError(f"max_batched_tokens must be >= 1, got {self.max_batched_tokens}")
+        cap = self.max_prefill_tokens_while_decoding
+        if cap is not None and cap < 1:
+            raise ValueError(f"max_prefill_tokens_while_decoding must be >= 1, got {cap}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,20 +60,33 @@ class Scheduler:
 
     def schedule(self) -> list[Scheduled]:
         budget = self.config.max_batched_tokens
+        prefill_budget = self._prefill_budget()
         batch: list[Scheduled] = []
         preemptions_before = self.num_preemptions
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_uncomputed_tokens, budget)
+            uncomputed = seq.num_uncomputed_tokens
+            n = min(uncomputed, budget) if uncomputed == 1 else min(uncomputed, budget, prefill_budget)
+            if n == 0:  # a chunked prompt waits for a step with room
+                i += 1
+                continue
             if not self._make_room(seq, seq.num_computed_tokens + n):
                 continue  # seq itself was preempted, and self.running shrank under it
             batch.append(Scheduled(seq, n))
             budget -= n
+            if uncomputed > 1:
+                prefill_budget -= n
             i += 1
         if self.num_preemptions == preemptions_before:
-            self._admit_waiting(batch, budget)
+            self._admit_waiting(batch, min(budget, prefill_budget))
         return batch
+
+    def _prefill_budget(self) -> int:
+        cap = self.config.max_prefill_tokens_while_decoding
+        if cap is None or not any(seq.num_uncomputed_tokens == 1 for seq in self.running):
+            return self.config.max_batched_tokens
+        return cap
 
     def finish(self, seq: Sequence) -> None:
         """Take a finished or aborted sequence out of the queues and free its blocks."""

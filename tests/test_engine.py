@@ -29,7 +29,8 @@ def tokenizer():
 
 def sim_engine(tokenizer, **kwargs) -> Engine:
     blocks = kwargs.pop("num_kv_blocks", 4096)
-    config = SchedulerConfig(kwargs.pop("max_running", 256), kwargs.pop("max_batched_tokens", 2048))
+    config = SchedulerConfig(kwargs.pop("max_running", 256), kwargs.pop("max_batched_tokens", 2048),
+                             kwargs.pop("max_prefill_tokens_while_decoding", None))
     return Engine(SimRunner(0, tokenizer.vocab_size, blocks, kwargs.pop("block_size", 16)), tokenizer, config, 1024)
 
 
@@ -87,6 +88,28 @@ def test_long_prompts_are_prefilled_in_chunks_beside_decodes(tokenizer):
         ids = {d.request_id for d in engine.step()}
         steps_with_both += "decoding" in ids
     assert steps_with_both >= 300 // 64  # the decode kept going while the long prompt was prefilled
+
+
+def test_a_step_that_decodes_takes_few_prompt_tokens(tokenizer):
+    cap = 64
+    engine = sim_engine(tokenizer, max_prefill_tokens_while_decoding=cap)
+    for i in range(3):
+        engine.add_request(req(f"long{i}", prompt="word " * 300, max_tokens=2))
+    first = engine.scheduler.schedule()
+    assert sum(s.num_new_tokens for s in first) > cap, "nothing decodes yet: the whole budget goes to prompts"
+
+    engine = sim_engine(tokenizer, max_prefill_tokens_while_decoding=cap)
+    engine.add_request(req("decoding", max_tokens=50))
+    engine.step()
+    for i in range(3):
+        engine.add_request(req(f"long{i}", prompt="word " * 300, max_tokens=2))
+    batch = engine.scheduler.schedule()
+    assert [s.num_new_tokens for s in batch if s.num_new_tokens == 1] == [1], "the decode goes first"
+    assert sum(s.num_new_tokens for s in batch if s.num_new_tokens > 1) == cap
+    finished = set()
+    for _ in range(100):
+        finished |= {d.request_id for d in engine.step() if d.finish_reason is not None}
+    assert finished == {"decoding", "long0", "long1", "long2"}, "the capped prompts still finish"
 
 
 def test_abort_frees_blocks_within_the_step(tokenizer):
