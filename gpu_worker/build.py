@@ -28,7 +28,8 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
         max_positions = SIM_CONTEXT_LENGTH
         device = f"sim ({sim_step_ms:g} ms/step)"
     else:
-        from gpu_worker.model_runner import TorchRunner  # torch is imported only for a real model
+        from gpu_worker.calibration import choose_small_linears, tune_threads  # torch only for a real model
+        from gpu_worker.model_runner import TorchRunner
 
         runner = TorchRunner(
             config.model_dir,
@@ -42,8 +43,8 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
             attention=config.attention,
         )
         if config.tune_threads:
-            runner.tune_threads(config.threads)
-        runner.choose_small_linears()
+            tune_threads(runner, config.threads)
+        choose_small_linears(runner)
         runner.warmup()
         max_positions = runner.context_length
         device = config.device

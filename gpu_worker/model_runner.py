@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,17 +16,14 @@ from gpu_worker.model.attention import DecodeKernel
 from gpu_worker.model.decode_kernel import compiled_decode_or_none
 from gpu_worker.model.native_decode import native_decode_or_none
 from gpu_worker.model.native_ops import native_pointwise_or_none
-from gpu_worker.model.packed_linear import can_pack, keep_float32_if_faster, pack_linears, warm_every_bucket
+from gpu_worker.model.packed_linear import can_pack, pack_linears, warm_every_bucket
 from gpu_worker.sampler import Sampler
-from gpu_worker.thread_count import pick_thread_count
 from protocol.messages import SamplingParams
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CPU_KV_CACHE_MB = 512
-THREAD_TUNING_BATCH = 64  # decodes per timed step: a full serving batch, where threads matter most
-THREAD_TUNING_CONTEXT = 64
 CUDA_MEMORY_FRACTION = 0.9  # of the memory free after loading, for the KV cache and the step's activations
 
 
@@ -142,54 +138,7 @@ class TorchRunner:
             log.info("ran the prepacked linears at every bucketed size (%d calls) in %.1f s", calls,
                      time.perf_counter() - start)
 
-    def tune_threads(self, most: int | None = None) -> int:
-        """On CPU: time a decode step at up to `most` threads (default: the current count) and keep the fewest it
-        still scales to (see thread_count.py). Runs on scratch blocks, before the engine has allocated any."""
-        most = most or torch.get_num_threads()
-        if self.device.type != "cpu" or most <= 1:
-            return torch.get_num_threads()
-        chunks = self._scratch_decodes()
-        if not chunks:
-            return torch.get_num_threads()
-        chosen, times = pick_thread_count(self._step_timer(chunks), torch.set_num_threads, most)
-        for chunk in chunks:
-            self.release(chunk.seq_id)
-        log.info("threads: %d of at most %d (decode step at batch %d: %s)", chosen, most, len(chunks),
-                 ", ".join(f"{count} -> {seconds * 1000:.2f} ms" for count, seconds in times.items()))
-        return chosen
-
-    def choose_small_linears(self) -> None:
-        """Keep the float32 copies of the small layers only where a whole one-row decode step is faster with them."""
-        chunks = self._scratch_decodes()[:1]
-        if not self.packed or not chunks:
-            return
-        keep, with_s, without_s = keep_float32_if_faster(self.model, self._step_timer(chunks))
-        self.release(chunks[0].seq_id)
-        if not math.isnan(with_s):
-            log.info("small linears in %s (one-row step: %.2f ms with float32 copies, %.2f ms without)",
-                     "float32" if keep else "bfloat16", with_s * 1000, without_s * 1000)
-
     # ------------------------------------------------------------------ helpers
-
-    def _step_timer(self, chunks: list[ScheduledChunk]) -> Callable[[], float]:
-        def run_step() -> float:
-            start = time.perf_counter()
-            self.run(chunks)
-            return time.perf_counter() - start
-        return run_step
-
-    def _scratch_decodes(self) -> list[ScheduledChunk]:
-        """One greedy decode per sequence, each on its own scratch blocks: as many as fit, up to a full batch."""
-        context = max(1, min(THREAD_TUNING_CONTEXT, self.context_length - 1))
-        blocks = math.ceil((context + 1) / self.block_size)
-        batch = min(THREAD_TUNING_BATCH, self.max_running, self.num_kv_blocks // blocks)
-        greedy = SamplingParams(temperature=0.0)
-        token = min(5, self.model_config.vocab_size - 1)
-        # Shuffled, as a served cache's blocks are after a while: attention then waits on memory, which more threads
-        # hide better (97M, batch 64: 1.96x on 2 threads with shuffled blocks, 1.67x with consecutive ones).
-        shuffled = torch.randperm(self.num_kv_blocks, generator=torch.Generator().manual_seed(0)).tolist()
-        return [ScheduledChunk(-1 - i, [token], context, shuffled[i * blocks:(i + 1) * blocks], True, greedy)
-                for i in range(batch)]
 
     def _check(self, chunks: list[ScheduledChunk]) -> None:
         vocab, bs = self.model_config.vocab_size, self.block_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpu_worker.calibration import tune_threads
 from gpu_worker.config import BUILTIN_MODEL_DIR
 from gpu_worker.model_runner import TorchRunner
 from gpu_worker.thread_count import candidate_counts, pick_thread_count
@@ -49,7 +50,7 @@ def test_runner_tunes_its_threads_on_scratch_blocks():
     before = torch.get_num_threads()
     try:
         runner = TorchRunner(BUILTIN_MODEL_DIR, dtype="float32", num_kv_blocks=64, max_running=8, threads=2)
-        chosen = runner.tune_threads()
+        chosen = tune_threads(runner)
         assert chosen in (1, 2)
         assert torch.get_num_threads() == chosen
         assert runner.sampler._generators == {}  # the scratch sequences were released
