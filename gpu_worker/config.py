@@ -9,10 +9,11 @@ from protocol.sockets import Addresses
 
 BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# A CPU computes a prompt token about as slowly as a decode row, so a step that decodes takes few of them: on the 97M
-# model at 64 streams (512 requests) ITL p99 was 215 ms at 256, against 798-871 uncapped (vLLM: 234), at the same
-# throughput. A GPU (or the simulated one) computes a few thousand prompt tokens in about a decode step's time.
-CPU_PREFILL_CAP = 256
+# A CPU computes a prompt token about as slowly as a decode row, so a step that decodes takes few of them (3 prompts
+# of 64 tokens): on the 97M model at 64 streams over 512 requests ITL p99 was 184-185 ms at 192, 212-224 at 256 and
+# 798-871 uncapped (vLLM: 220-234), at the same throughput. A GPU (or the simulated one) computes a few thousand prompt
+# tokens in about a decode step's time.
+CPU_PREFILL_CAP = 192
 ATTENTION_BACKENDS = ("auto", "native", "compiled", "eager")  # auto: native, else compiled on CPU; eager on CUDA
 
 
