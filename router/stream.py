@@ -28,6 +28,11 @@ class PendingDelta:
     def text(self) -> str:
         return "".join(self.text_parts)
 
+    @property
+    def visible(self) -> bool:
+        """Whether a client would see anything of it: tokens whose text the detokenizer still holds back are not."""
+        return bool(self.text_parts) or self.logprobs is not None or self.finish_reason is not None
+
     def absorb(self, later: PendingDelta) -> None:
         """Append what the same choice produced later (for a non-streamed response)."""
         self.token_ids.extend(later.token_ids)
@@ -67,7 +72,7 @@ class RequestStream:
         self.cached_tokens = 0
         self.completion_tokens: dict[int, int] = {}
         self.error: ApiError | None = None
-        self.delivered = False  # the handler took output: from then on the request cannot start over
+        self.delivered = False  # the handler took visible output: from then on the request cannot start over
         self._pending: dict[int, PendingDelta] = {}
         self._finished: set[int] = set()
         self._wakeup = asyncio.Event()
@@ -116,9 +121,9 @@ class RequestStream:
         self._wakeup.set()
 
     def take(self) -> list[PendingDelta]:
-        """What arrived since the last call, one merged delta per choice, in choice order."""
-        batch = [self._pending[i] for i in sorted(self._pending)]
-        self._pending.clear()
+        """What arrived since the last call, one merged delta per choice, in choice order. A delta a client would not
+        see yet stays pending, so that the text its tokens make later merges into it."""
+        batch = [self._pending.pop(i) for i in sorted(self._pending) if self._pending[i].visible]
         self.delivered = self.delivered or bool(batch)
         if not self.finished:
             self._wakeup.clear()

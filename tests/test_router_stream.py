@@ -40,6 +40,16 @@ def test_deltas_merge_into_one_pending_delta_per_choice():
     assert stream.usage == {"prompt_tokens": 3, "completion_tokens": 1000, "total_tokens": 1003}
 
 
+def test_tokens_without_text_stay_pending_until_their_text_arrives():
+    stream = make_stream()
+    stream.push(SequenceDelta("r1", 0, [1], "", None, 3, 1), now=1.0)  # half of a multi-byte character
+    assert stream.take() == [] and not stream.delivered and stream.started
+    stream.push(SequenceDelta("r1", 0, [2], "é", None, 3, 2), now=2.0)
+    [merged] = stream.take()
+    assert merged.token_ids == [1, 2] and merged.text == "é" and stream.delivered
+    assert stream.take() == []
+
+
 async def test_wait_wakes_on_push_and_take_rearms():
     stream = make_stream()
     waiter = asyncio.create_task(stream.wait())

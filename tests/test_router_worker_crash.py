@@ -24,24 +24,27 @@ PER_WORKER = 4
 def test_a_dead_workers_requests_start_over_unless_their_handler_took_output():
     slot = WorkerSlot(0, "cpu", epoch=0, state=WorkerState.READY)
     dispatcher = Dispatcher([slot], Admission(max_queue=8), Metrics(), max_running_per_worker=4)
-    took, pending, quiet = (RequestStream(GenerateRequest(rid, SamplingParams(max_tokens=8), prompt="p"),
-                                          admitted_at=0.0) for rid in ("took", "pending", "quiet"))
-    for stream in (took, pending, quiet):
+    took, pending, held, quiet = (RequestStream(GenerateRequest(rid, SamplingParams(max_tokens=8), prompt="p"),
+                                                admitted_at=0.0) for rid in ("took", "pending", "held", "quiet"))
+    for stream in (took, pending, held, quiet):
         dispatcher.admit(stream)
     for stream in (took, pending):
         stream.push(SequenceDelta(stream.request_id, 0, [7], "x", None, 1, 1), now=1.0)
+    held.push(SequenceDelta("held", 0, [7], "", None, 1, 1), now=1.0)  # a token whose text is held back
     assert [d.token_ids for d in took.take()] == [[7]]
+    assert held.take() == [], "nothing a client could see"
 
     slot.state = WorkerState.DEAD
     dispatcher.worker_lost(slot, "killed")
     assert took.error is not None and took.error.code == "worker_failed"
     assert pending.error is None and not pending.started and pending.take() == [], "its token was dropped"
     assert pending.usage["completion_tokens"] == 0 and pending.worker_id is None
-    assert dispatcher.waiting == 2
+    assert held.error is None and not held.started
+    assert dispatcher.waiting == 3
 
     slot.epoch, slot.state = 1, WorkerState.READY
     dispatcher.pump()
-    assert list(slot.outstanding) == ["pending", "quiet"] and dispatcher.waiting == 0
+    assert list(slot.outstanding) == ["pending", "held", "quiet"] and dispatcher.waiting == 0
 
 
 async def stream_outcome(session: aiohttp.ClientSession, url: str, body: dict, started: asyncio.Queue) -> str:
