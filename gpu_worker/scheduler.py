@@ -82,12 +82,6 @@ class Scheduler:
             self._admit_waiting(batch, min(budget, prefill_budget))
         return batch
 
-    def _prefill_budget(self) -> int:
-        cap = self.config.max_prefill_tokens_while_decoding
-        if cap is None or not any(seq.num_uncomputed_tokens == 1 for seq in self.running):
-            return self.config.max_batched_tokens
-        return cap
-
     def finish(self, seq: Sequence) -> None:
         """Take a finished or aborted sequence out of the queues and free its blocks."""
         if seq.status is SequenceStatus.RUNNING:
@@ -98,6 +92,13 @@ class Scheduler:
         self.blocks.free(seq)
 
     # ------------------------------------------------------------------ internals
+
+    def _prefill_budget(self) -> int:
+        """Prompt tokens this step may take: the cap if any running sequence decodes, else the whole budget."""
+        cap = self.config.max_prefill_tokens_while_decoding
+        if cap is None or not any(seq.num_uncomputed_tokens == 1 for seq in self.running):
+            return self.config.max_batched_tokens
+        return cap
 
     def _admit_waiting(self, batch: list[Scheduled], budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.config.max_running:
