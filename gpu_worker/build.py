@@ -23,12 +23,13 @@ class BuiltEngine:
 def build_engine(config: WorkerConfig) -> BuiltEngine:
     tokenizer = Tokenizer.from_dir(config.model_dir)
     sim_step_ms = config.sim_step_ms
+    prefill_cap = config.max_prefill_tokens_while_decoding
     if sim_step_ms is not None:
         runner = SimRunner(sim_step_ms, tokenizer.vocab_size, block_size=config.block_size)
         max_positions = SIM_CONTEXT_LENGTH
         device = f"sim ({sim_step_ms:g} ms/step)"
     else:
-        from gpu_worker.calibration import choose_small_linears, tune_threads  # torch only for a real model
+        from gpu_worker.calibration import choose_prefill_cap, choose_small_linears, tune_threads  # torch: real models
         from gpu_worker.model_runner import TorchRunner
 
         runner = TorchRunner(
@@ -46,10 +47,12 @@ def build_engine(config: WorkerConfig) -> BuiltEngine:
             tune_threads(runner, config.threads)
         choose_small_linears(runner)
         runner.warmup()
+        if prefill_cap is None and runner.device.type == "cpu":
+            prefill_cap = choose_prefill_cap(runner, config.max_batched_tokens)
         max_positions = runner.context_length
         device = config.device
     kv_capacity = runner.num_kv_blocks * runner.block_size
     scheduler_config = SchedulerConfig(config.max_running, max(config.max_batched_tokens, config.max_running),
-                                       config.prefill_cap)
+                                       prefill_cap)
     engine = Engine(runner, tokenizer, scheduler_config, max_positions)
     return BuiltEngine(engine, device, engine.context_length, kv_capacity, tokenizer.has_chat_template)

@@ -1,5 +1,6 @@
 """Start-up timings of a CPU runner, on scratch blocks before the engine has allocated any: how many threads its
-decode step still scales to, and whether its small linears keep float32 copies."""
+decode step still scales to, whether its small linears keep float32 copies, and how many prompt tokens a step that
+decodes may take."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ log = logging.getLogger(__name__)
 
 THREAD_TUNING_BATCH = 64  # decodes per timed step: a full serving batch, where threads matter most
 THREAD_TUNING_CONTEXT = 64
+PROMPT_PROBE_LEN = 64  # prompt tokens per probed sequence: the issue's benchmark prompt
+PROMPT_PROBE_COUNTS = (1, 8)  # prompts per probed step: two points of step time against prompt tokens
+# Below this a step is not worth capping: the built-in model's ITL p99 at 64 streams was 29-37 ms uncapped (2048
+# prompt tokens, a 15 ms step) and 30-31 ms at 192, where TTFT p99 rose from 108-129 to 142-184 ms.
+PREFILL_CAP_FLOOR_S = 0.020
 
 
 def tune_threads(runner: TorchRunner, most: int | None = None) -> int:
@@ -51,6 +57,40 @@ def choose_small_linears(runner: TorchRunner) -> None:
                  "float32" if keep else "bfloat16", with_s * 1000, without_s * 1000)
 
 
+def choose_prefill_cap(runner: TorchRunner, most: int) -> int:
+    """The prompt tokens that cost about one decode step at a full batch, so a step that decodes and prefills takes
+    about twice a plain one (or at least PREFILL_CAP_FLOOR_S): prompt tokens are cheap next to decode rows on a GPU,
+    not on a CPU."""
+    decodes = scratch_decodes(runner)
+    decode_s = median_time(step_timer(runner, decodes))
+    for chunk in decodes:
+        runner.release(chunk.seq_id)
+    points = {}
+    for count in PROMPT_PROBE_COUNTS:
+        prompts = scratch_prompts(runner, count)
+        points[len(prompts) * PROMPT_PROBE_LEN] = median_time(step_timer(runner, prompts))
+        for chunk in prompts:
+            runner.release(chunk.seq_id)
+    cap = prefill_cap_from_timings(decode_s, points, runner.block_size, most)
+    log.info("prefill cap: %d prompt tokens in a step that decodes (decode step at batch %d: %.2f ms; prefill: %s)",
+             cap, len(decodes), decode_s * 1000, ", ".join(f"{n} -> {s * 1000:.2f} ms" for n, s in points.items()))
+    return cap
+
+
+def prefill_cap_from_timings(decode_s: float, prefill_s: dict[int, float], block_size: int, most: int) -> int:
+    """Fit prefill time as fixed + per-token cost over the probed token counts, then solve for the step budget."""
+    (n1, t1), (n2, t2) = sorted(prefill_s.items())[0], sorted(prefill_s.items())[-1]
+    per_token = max((t2 - t1) / (n2 - n1), 1e-9) if n2 > n1 else t2 / n2
+    fixed = max(t1 - per_token * n1, 0.0)
+    tokens = (max(decode_s, PREFILL_CAP_FLOOR_S) - fixed) / per_token
+    return max(block_size, min(most, int(tokens) // block_size * block_size))
+
+
+def median_time(run_step: Callable[[], float], repeats: int = 3) -> float:
+    run_step()  # the first run of a shape builds its kernels
+    return sorted(run_step() for _ in range(repeats))[repeats // 2]
+
+
 def step_timer(runner: TorchRunner, chunks: list[ScheduledChunk]) -> Callable[[], float]:
     def run_step() -> float:
         start = time.perf_counter()
@@ -71,3 +111,14 @@ def scratch_decodes(runner: TorchRunner) -> list[ScheduledChunk]:
     shuffled = torch.randperm(runner.num_kv_blocks, generator=torch.Generator().manual_seed(0)).tolist()
     return [ScheduledChunk(-1 - i, [token], context, shuffled[i * blocks:(i + 1) * blocks], True, greedy)
             for i in range(batch)]
+
+
+def scratch_prompts(runner: TorchRunner, count: int) -> list[ScheduledChunk]:
+    """`count` prompts of PROMPT_PROBE_LEN tokens, as many as the scratch blocks and the step budget hold."""
+    length = max(1, min(PROMPT_PROBE_LEN, runner.context_length - 1, runner.max_batched_tokens))
+    blocks = math.ceil(length / runner.block_size)
+    count = max(1, min(count, runner.num_kv_blocks // blocks, runner.max_batched_tokens // length))
+    greedy = SamplingParams(temperature=0.0)
+    token = min(5, runner.model_config.vocab_size - 1)
+    return [ScheduledChunk(-1 - i, [token] * length, 0, list(range(i * blocks, (i + 1) * blocks)), True, greedy)
+            for i in range(count)]

@@ -9,11 +9,6 @@ from protocol.sockets import Addresses
 
 BUILTIN_MODEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "builtin")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-# A CPU computes a prompt token about as slowly as a decode row, so a step that decodes takes few of them (3 prompts
-# of 64 tokens): on the 97M model at 64 streams over 512 requests ITL p99 was 184-185 ms at 192, 212-224 at 256 and
-# 798-871 uncapped (vLLM: 220-234), at the same throughput. A GPU (or the simulated one) computes a few thousand prompt
-# tokens in about a decode step's time.
-CPU_PREFILL_CAP = 192
 ATTENTION_BACKENDS = ("auto", "native", "compiled", "eager")  # auto: native, else compiled on CPU; eager on CUDA
 
 
@@ -29,7 +24,7 @@ class WorkerConfig:
     served_model_name: str | None = None
     max_running: int = 256
     max_batched_tokens: int = 2048
-    max_prefill_tokens_while_decoding: int | None = None  # None: CPU_PREFILL_CAP for a model on CPU, else no cap
+    max_prefill_tokens_while_decoding: int | None = None  # None: timed at start-up on CPU, no cap on GPU
     block_size: int = 16
     kv_cache_mb: int | None = None
     threads: int | None = None
@@ -69,13 +64,6 @@ class WorkerConfig:
         if step_ms < 0:
             raise ValueError("sim step time must be >= 0")
         return step_ms
-
-    @property
-    def prefill_cap(self) -> int | None:
-        """Prompt tokens a step that decodes may take; None: as many as the step budget allows."""
-        if self.max_prefill_tokens_while_decoding is not None:
-            return self.max_prefill_tokens_while_decoding
-        return CPU_PREFILL_CAP if self.device == "cpu" and self.sim_step_ms is None else None
 
     @property
     def model_dir(self) -> str:

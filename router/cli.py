@@ -31,6 +31,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--api-key", action="append", default=[], help="require Authorization: Bearer KEY on /v1/*; repeatable")
     add("--max-queue", type=int, default=defaults.max_queue, help="requests admitted but not yet running")
     add("--max-running-per-worker", type=int, default=defaults.max_running_per_worker)
+    add("--max-num-batched-tokens", type=int, default=defaults.max_batched_tokens,
+        help="tokens one worker step computes, prompt chunks and decodes together")
+    add("--max-prefill-tokens-while-decoding", type=int, default=None,
+        help="prompt tokens a step that also decodes may take (default on CPU: as many as cost one decode step, "
+             "timed at start-up; no cap on GPU)")
     add("--request-timeout", type=float, default=defaults.request_timeout, help="seconds, admission to last token")
     add("--first-token-timeout", type=float, default=defaults.first_token_timeout,
         help="seconds, admission to first token")
@@ -57,6 +62,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         api_keys=tuple(args.api_key),
         max_queue=args.max_queue,
         max_running_per_worker=args.max_running_per_worker,
+        max_batched_tokens=args.max_num_batched_tokens,
+        max_prefill_tokens_while_decoding=args.max_prefill_tokens_while_decoding,
         request_timeout=args.request_timeout,
         first_token_timeout=args.first_token_timeout,
         shutdown_timeout=args.shutdown_timeout,

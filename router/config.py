@@ -46,6 +46,8 @@ class ServeConfig:
     api_keys: tuple[str, ...] = ()
     max_queue: int = 1024
     max_running_per_worker: int = 256
+    max_batched_tokens: int = 2048  # --max-num-batched-tokens: tokens one worker step computes
+    max_prefill_tokens_while_decoding: int | None = None  # None: the worker's default (a cap on CPU, none on GPU)
     request_timeout: float = 3600.0
     first_token_timeout: float = 600.0
     shutdown_timeout: float = 30.0
@@ -90,6 +92,10 @@ class ServeConfig:
             raise ValueError("--max-queue must be >= 0")
         if self.max_running_per_worker < 1:
             raise ValueError("--max-running-per-worker must be >= 1")
+        if self.max_batched_tokens < 1:
+            raise ValueError("--max-num-batched-tokens must be >= 1")
+        if self.max_prefill_tokens_while_decoding is not None and self.max_prefill_tokens_while_decoding < 1:
+            raise ValueError("--max-prefill-tokens-while-decoding must be >= 1")
         for name in ("request_timeout", "first_token_timeout", "startup_timeout", "heartbeat_timeout",
                      "stall_timeout", "stats_interval"):
             if not getattr(self, name) > 0:

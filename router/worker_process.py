@@ -20,12 +20,14 @@ def worker_command(config: ServeConfig, addresses: Addresses, worker_id: int, ep
         sys.executable, "-m", "gpu_worker", "--router", addresses.as_arg(),
         "--worker-id", str(worker_id), "--epoch", str(epoch), "--device", device,
         "--model", config.model, "--dtype", config.dtype, "--attention", config.attention,
-        "--max-running", str(config.max_running_per_worker),
+        "--max-running", str(config.max_running_per_worker), "--max-batched-tokens", str(config.max_batched_tokens),
         "--threads", str(config.worker_threads()), "--stats-interval", str(config.stats_interval),
         "--log-level", config.log_level,
     ]
     if config.worker_threads_override is None:
         command.append("--tune-threads")  # the fair share is then the most; the worker keeps what its model uses
+    if config.max_prefill_tokens_while_decoding is not None:
+        command += ["--max-prefill-tokens-while-decoding", str(config.max_prefill_tokens_while_decoding)]
     if config.served_model_name is not None:
         command += ["--served-model-name", config.served_model_name]
     return command

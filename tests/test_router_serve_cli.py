@@ -74,3 +74,18 @@ def test_workers_tune_their_threads_unless_told_a_count():
     assert "--tune-threads" in default
     assert "--tune-threads" not in told
     assert told[told.index("--threads") + 1] == "3"
+
+
+def test_the_step_budget_flags_reach_the_worker_config():
+    from gpu_worker.__main__ import build_config, parse_args
+    from protocol.sockets import Addresses
+    from router.cli import build_parser, config_from_args
+    from router.worker_process import worker_command
+
+    addresses = Addresses("ipc:///tmp/r", "ipc:///tmp/o")
+    for flags, batched, cap in (([], 2048, None), (["--max-num-batched-tokens", "512",
+                                                   "--max-prefill-tokens-while-decoding", "64"], 512, 64)):
+        serve = config_from_args(build_parser().parse_args(["serve", "--devices", "cpu", *flags]))
+        command = worker_command(serve, addresses, 0, 0, "cpu")
+        worker = build_config(parse_args(command[command.index("gpu_worker") + 1:]))
+        assert (worker.max_batched_tokens, worker.max_prefill_tokens_while_decoding) == (batched, cap)
