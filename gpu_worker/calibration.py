@@ -79,7 +79,8 @@ def choose_prefill_cap(runner: TorchRunner, most: int) -> int:
 
 def prefill_cap_from_timings(decode_s: float, prefill_s: dict[int, float], block_size: int, most: int) -> int:
     """Fit prefill time as fixed + per-token cost over the probed token counts, then solve for the step budget."""
-    (n1, t1), (n2, t2) = sorted(prefill_s.items())[0], sorted(prefill_s.items())[-1]
+    points = sorted(prefill_s.items())
+    (n1, t1), (n2, t2) = points[0], points[-1]
     per_token = max((t2 - t1) / (n2 - n1), 1e-9) if n2 > n1 else t2 / n2
     fixed = max(t1 - per_token * n1, 0.0)
     tokens = (max(decode_s, PREFILL_CAP_FLOOR_S) - fixed) / per_token
