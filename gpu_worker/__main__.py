@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-running", type=int, default=256, help="sequences decoded together")
     p.add_argument("--max-batched-tokens", type=int, default=2048, help="tokens computed per step")
     p.add_argument("--max-prefill-tokens-while-decoding", type=int, default=None,
-                   help="prompt tokens in a step that also decodes (default: 192 for a model on CPU, else no cap)")
+                   help="prompt tokens in a step that also decodes (default: timed at start-up on CPU, else no cap)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
     p.add_argument("--kv-cache-mb", type=int, default=None, help="memory for the KV cache")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")

@@ -105,8 +105,7 @@ def scratch_decodes(runner: TorchRunner) -> list[ScheduledChunk]:
     context = max(1, min(THREAD_TUNING_CONTEXT, runner.context_length - 1))
     blocks = math.ceil((context + 1) / runner.block_size)
     batch = min(THREAD_TUNING_BATCH, runner.max_running, runner.num_kv_blocks // blocks)
-    greedy = SamplingParams(temperature=0.0)
-    token = min(5, runner.model_config.vocab_size - 1)
+    greedy, token = SamplingParams(temperature=0.0), probe_token(runner)
     # Shuffled, as a served cache's blocks are after a while: attention then waits on memory, which more threads
     # hide better (97M, batch 64: 1.96x on 2 threads with shuffled blocks, 1.67x with consecutive ones).
     shuffled = torch.randperm(runner.num_kv_blocks, generator=torch.Generator().manual_seed(0)).tolist()
@@ -119,7 +118,10 @@ def scratch_prompts(runner: TorchRunner, count: int) -> list[ScheduledChunk]:
     length = max(1, min(PROMPT_PROBE_LEN, runner.context_length - 1, runner.max_batched_tokens))
     blocks = math.ceil(length / runner.block_size)
     count = max(1, min(count, runner.num_kv_blocks // blocks, runner.max_batched_tokens // length))
-    greedy = SamplingParams(temperature=0.0)
-    token = min(5, runner.model_config.vocab_size - 1)
+    greedy, token = SamplingParams(temperature=0.0), probe_token(runner)
     return [ScheduledChunk(-1 - i, [token] * length, 0, list(range(i * blocks, (i + 1) * blocks)), True, greedy)
             for i in range(count)]
+
+
+def probe_token(runner: TorchRunner) -> int:
+    return min(5, runner.model_config.vocab_size - 1)
