@@ -26,6 +26,9 @@ PROMPT_PROBE_COUNTS = (1, 8)  # prompts per probed step: two points of step time
 # Below this a step is not worth capping: the built-in model's ITL p99 at 64 streams was 29-37 ms uncapped (2048
 # prompt tokens, a 15 ms step) and 30-31 ms at 192, where TTFT p99 rose from 108-129 to 142-184 ms.
 PREFILL_CAP_FLOOR_S = 0.020
+# The prompt tokens of a step that decodes may cost this many decode steps. 97M, 64 streams, 512 requests, 3 runs
+# each: at 1 (160 tokens) TTFT p99 was 0.98-1.11 s and ITL p99 83-93 ms; at about 2 (416) 0.79-0.89 s and 123-140 ms.
+PREFILL_DECODE_RATIO = 2.0
 
 
 def tune_threads(runner: TorchRunner, most: int | None = None) -> int:
@@ -58,9 +61,9 @@ def choose_small_linears(runner: TorchRunner) -> None:
 
 
 def choose_prefill_cap(runner: TorchRunner, most: int) -> int:
-    """The prompt tokens that cost about one decode step at a full batch, so a step that decodes and prefills takes
-    about twice a plain one (or at least PREFILL_CAP_FLOOR_S): prompt tokens are cheap next to decode rows on a GPU,
-    not on a CPU."""
+    """The prompt tokens that cost about PREFILL_DECODE_RATIO decode steps at a full batch (or at least
+    PREFILL_CAP_FLOOR_S), so a step that decodes and prefills takes about three plain ones: prompt tokens are cheap
+    next to decode rows on a GPU, not on a CPU."""
     decodes = scratch_decodes(runner)
     decode_s = median_time(step_timer(runner, decodes))
     for chunk in decodes:
@@ -83,7 +86,7 @@ def prefill_cap_from_timings(decode_s: float, prefill_s: dict[int, float], block
     (n1, t1), (n2, t2) = points[0], points[-1]
     per_token = max((t2 - t1) / (n2 - n1), 1e-9) if n2 > n1 else t2 / n2
     fixed = max(t1 - per_token * n1, 0.0)
-    tokens = (max(decode_s, PREFILL_CAP_FLOOR_S) - fixed) / per_token
+    tokens = (max(decode_s * PREFILL_DECODE_RATIO, PREFILL_CAP_FLOOR_S) - fixed) / per_token
     return max(block_size, min(most, int(tokens) // block_size * block_size))
 
 

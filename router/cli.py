@@ -34,8 +34,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     add("--max-num-batched-tokens", type=int, default=defaults.max_batched_tokens,
         help="tokens one worker step computes, prompt chunks and decodes together")
     add("--max-prefill-tokens-while-decoding", type=int, default=None,
-        help="prompt tokens a step that also decodes may take (default on CPU: as many as cost one decode step, "
-             "timed at start-up; no cap on GPU)")
+        help="prompt tokens a step that also decodes may take (default on CPU: as many as cost two decode steps, "
+             "timed at start-up; no cap on GPU; lifted while more requests wait than run)")
     add("--request-timeout", type=float, default=defaults.request_timeout, help="seconds, admission to last token")
     add("--first-token-timeout", type=float, default=defaults.first_token_timeout,
         help="seconds, admission to first token")

@@ -99,17 +99,31 @@ def test_a_step_that_decodes_takes_few_prompt_tokens(tokenizer):
     assert sum(s.num_new_tokens for s in first) > cap, "nothing decodes yet: the whole budget goes to prompts"
 
     engine = sim_engine(tokenizer, max_prefill_tokens_while_decoding=cap)
-    engine.add_request(req("decoding", max_tokens=50))
+    for i in range(3):
+        engine.add_request(req(f"decoding{i}", max_tokens=50))
     engine.step()
     for i in range(3):
         engine.add_request(req(f"long{i}", prompt="word " * 300, max_tokens=2))
     batch = engine.scheduler.schedule()
-    assert [s.num_new_tokens for s in batch if s.num_new_tokens == 1] == [1], "the decode goes first"
+    assert [s.num_new_tokens for s in batch if s.num_new_tokens == 1] == [1, 1, 1], "the decodes go first"
     assert sum(s.num_new_tokens for s in batch if s.num_new_tokens > 1) == cap
     finished = set()
     for _ in range(100):
         finished |= {d.request_id for d in engine.step() if d.finish_reason is not None}
-    assert finished == {"decoding", "long0", "long1", "long2"}, "the capped prompts still finish"
+    assert finished == {"decoding0", "decoding1", "decoding2", "long0", "long1", "long2"}, "capped prompts finish"
+
+
+def test_the_cap_is_lifted_while_more_requests_wait_than_run(tokenizer):
+    cap = 64
+    engine = sim_engine(tokenizer, max_prefill_tokens_while_decoding=cap)
+    engine.add_request(req("decoding", max_tokens=50))
+    engine.step()
+    for i in range(3):
+        engine.add_request(req(f"short{i}", prompt="word " * 40, max_tokens=2))
+    batch = engine.scheduler.schedule()
+    assert [s.num_new_tokens for s in batch if s.num_new_tokens == 1] == [1]
+    assert len([s for s in batch if s.num_new_tokens > 1]) == 3, "an under-filled batch takes the whole queue"
+    assert sum(s.num_new_tokens for s in batch if s.num_new_tokens > 1) > cap
 
 
 def test_abort_frees_blocks_within_the_step(tokenizer):
